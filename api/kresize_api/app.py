@@ -1,0 +1,181 @@
+"""The HTTP API: upload images with resize parameters, then follow the ResizeJob it creates."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kubernetes
+import urllib3
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from kresize_common import layout
+from kresize_common.s3 import ensure_bucket, make_client, object_exists, put_bytes
+from kresize_common.spec import SpecError
+from minio import Minio
+from minio.error import S3Error
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from . import jobs
+from .settings import ApiSettings
+from .uploads import Inspected, inspect_upload, spec_from_form
+
+log = logging.getLogger("kresize.api")
+
+# Errors that mean a backend is unreachable or failing, not that the request is wrong.
+BACKEND_ERRORS = (S3Error, urllib3.exceptions.HTTPError, OSError, kubernetes.client.exceptions.ApiException)
+
+
+def _backend_unavailable(what: str, error: BaseException) -> HTTPException:
+    log.warning("%s unavailable: %s: %s", what, type(error).__name__, error)
+    return HTTPException(503, f"{what} is unavailable, nothing was created; try again later "
+                              f"({type(error).__name__})")
+
+
+def create_app(
+    settings: ApiSettings, *, kube: kubernetes.client.ApiClient | None = None, s3: Minio | None = None,
+) -> FastAPI:
+    app = FastAPI(title="kresize", version="0.1.0", description=(
+        "Upload images with resize parameters; kresize runs them as a ResizeJob on Kubernetes."))
+    s3 = s3 or make_client(settings.s3)
+    public_s3 = make_client(settings.s3, endpoint=settings.s3.public_endpoint)
+    resize_jobs = jobs.ResizeJobs(kube or jobs.kube_client(), settings.namespace, settings.kube_timeout_seconds)
+    bucket = settings.s3.bucket
+
+    @app.middleware("http")
+    async def limit_request_size(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_request_bytes:
+            return JSONResponse(status_code=413, content={"detail": (
+                f"request of {length} bytes exceeds the limit of {settings.max_request_bytes} bytes "
+                "(KRESIZE_MAX_REQUEST_BYTES); split the upload into several jobs")})
+        return await call_next(request)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> JSONResponse:
+        problems = {}
+        try:
+            s3.bucket_exists(bucket)
+        except BACKEND_ERRORS as error:
+            problems["s3"] = f"{type(error).__name__}: {error}"
+        try:
+            resize_jobs.ping()
+        except BACKEND_ERRORS as error:
+            problems["kubernetes"] = f"{type(error).__name__}"
+        if problems:
+            return JSONResponse(status_code=503, content={"status": "unavailable", "problems": problems})
+        return JSONResponse(content={"status": "ready"})
+
+    @app.post("/v1/jobs", status_code=202, tags=["jobs"])
+    async def create_job(request: Request) -> JSONResponse:
+        """Multipart form: one or more `files`, plus resize parameters (see `spec_from_form`)."""
+        form = await request.form(max_files=settings.max_files, max_fields=100)
+        uploads = [v for k, v in form.multi_items() if k == "files" and isinstance(v, UploadFile)]
+        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        if not uploads:
+            raise HTTPException(400, "no files: send one or more images in the multipart field 'files'")
+        try:
+            spec = spec_from_form(fields)
+        except SpecError as error:
+            raise HTTPException(422, {"message": "invalid resize parameters", "errors": error.errors}) from None
+        inspected: list[Inspected] = []
+        contents: dict[str, bytes] = {}
+        for upload in uploads:
+            if upload.size is not None and upload.size > settings.limits.max_bytes:
+                raise HTTPException(413, f"{upload.filename}: {upload.size} bytes exceeds the per-file limit "
+                                         f"of {settings.limits.max_bytes} bytes (KRESIZE_MAX_FILE_BYTES)")
+            data = await upload.read()
+            result = await run_in_threadpool(inspect_upload, upload.filename, data, settings.limits)
+            inspected.append(result)
+            if result.error is None:
+                contents[result.sha256] = data
+        accepted = [f for f in inspected if f.error is None]
+        if not accepted:
+            rejected = [{"filename": f.filename, "error": f.error} for f in inspected]
+            all_empty = all(f.size == 0 for f in inspected)
+            raise HTTPException(400 if all_empty else 415, {
+                "message": "no uploaded file is a supported image (JPEG, PNG, WebP, AVIF, GIF, TIFF, BMP)",
+                "files": rejected})
+        name = jobs.new_job_name()
+        keys = sorted({layout.original_key(f.sha256, f.extension) for f in accepted})
+        spec["source"] = {"bucket": bucket, "prefix": layout.UPLOADS_SOURCE_PREFIX, "keys": keys}
+        spec["output"] = {"bucket": bucket, "prefix": layout.default_output_prefix(settings.namespace, name)}
+        job = await run_in_threadpool(_store_and_create, name, spec, inspected, contents)
+        body = {
+            "name": job["metadata"]["name"],
+            "statusUrl": str(request.url_for("get_job", name=name).path),
+            "files": [{"filename": f.filename, "accepted": f.error is None, "error": f.error} for f in inspected],
+        }
+        return JSONResponse(status_code=202, content=body, headers={"Location": body["statusUrl"]})
+
+    def _store_and_create(
+        name: str, spec: dict[str, Any], inspected: list[Inspected], contents: dict[str, bytes],
+    ) -> dict[str, Any]:
+        """Store originals, the upload record and the ResizeJob; on any failure undo what this request
+        stored (never objects that existed before it), so a failed request leaves nothing behind."""
+        created: list[str] = []
+        try:
+            ensure_bucket(s3, bucket)
+            for f in inspected:
+                key = layout.UPLOADS_SOURCE_PREFIX + layout.original_key(f.sha256, f.extension)
+                if f.error is None and key not in created and not object_exists(s3, bucket, key):
+                    put_bytes(s3, bucket, key, contents[f.sha256], f.content_type)
+                    created.append(key)
+            record_key = layout.upload_record_key(settings.namespace, name)
+            jobs.save_upload_record(s3, bucket, settings.namespace, name, jobs.upload_record(inspected))
+            created.append(record_key)
+            return resize_jobs.create(name, spec)
+        except kubernetes.client.exceptions.ApiException as error:
+            _undo(created)
+            if error.status == 422:
+                raise HTTPException(422, f"the Kubernetes API refused the ResizeJob: {error.body}") from None
+            if error.status in (401, 403):
+                raise HTTPException(503, "the API is not allowed to create ResizeJobs (check its RBAC)") from None
+            raise _backend_unavailable("the Kubernetes API", error) from None
+        except BACKEND_ERRORS as error:
+            _undo(created)
+            raise _backend_unavailable("S3 or the Kubernetes API", error) from None
+
+    def _undo(keys: list[str]) -> None:
+        for key in keys:
+            try:
+                s3.remove_object(bucket, key)
+            except BACKEND_ERRORS as error:
+                log.error("could not remove s3://%s/%s after a failed request: %s", bucket, key, error)
+
+    @app.get("/v1/jobs", tags=["jobs"])
+    def list_jobs() -> dict[str, Any]:
+        try:
+            items = resize_jobs.list()
+        except BACKEND_ERRORS as error:
+            raise _backend_unavailable("the Kubernetes API", error) from None
+        return {"items": [jobs.summary(j) for j in items]}
+
+    @app.get("/v1/jobs/{name}", tags=["jobs"], name="get_job")
+    def get_job(name: str) -> dict[str, Any]:
+        try:
+            job = resize_jobs.get(name)
+        except kubernetes.client.exceptions.ApiException as error:
+            if error.status == 404:
+                raise HTTPException(404, f"no job named {name!r}") from None
+            raise _backend_unavailable("the Kubernetes API", error) from None
+        except BACKEND_ERRORS as error:
+            raise _backend_unavailable("the Kubernetes API", error) from None
+        status = job.get("status") or {}
+        try:
+            files = jobs.file_states(s3, public_s3, job, settings.namespace, bucket, settings.presign_expiry_seconds)
+        except BACKEND_ERRORS as error:
+            raise _backend_unavailable("S3", error) from None
+        return {
+            **jobs.summary(job),
+            "conditions": status.get("conditions", []),
+            "failures": status.get("failures", []),
+            "files": files,
+        }
+
+    return app

@@ -1,0 +1,129 @@
+"""The API's view of ResizeJobs in Kubernetes and their files in S3 (blocking I/O; call from a thread)."""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+from typing import Any
+
+import kubernetes
+from kresize_common import layout
+from kresize_common.s3 import get_json, get_json_or_none, put_json
+from kresize_common.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from minio import Minio
+
+from .uploads import Inspected
+
+
+def new_job_name() -> str:
+    return f"upload-{secrets.token_hex(4)}"
+
+
+def kube_client() -> kubernetes.client.ApiClient:
+    try:
+        kubernetes.config.load_incluster_config()
+        return kubernetes.client.ApiClient()
+    except kubernetes.config.ConfigException:
+        return kubernetes.config.new_client_from_config()
+
+
+class ResizeJobs:
+    def __init__(self, api: kubernetes.client.ApiClient, namespace: str, timeout: float):
+        self.custom = kubernetes.client.CustomObjectsApi(api)
+        self.namespace = namespace
+        self.timeout = timeout
+
+    def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            "apiVersion": API_VERSION, "kind": KIND,
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/created-by": "kresize-api"}},
+            "spec": spec,
+        }
+        return self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, body, _request_timeout=self.timeout)
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name, _request_timeout=self.timeout)
+
+    def list(self) -> list[dict[str, Any]]:
+        result = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, _request_timeout=self.timeout)
+        return result.get("items", [])
+
+    def ping(self) -> None:
+        self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, limit=1, _request_timeout=self.timeout)
+
+
+def upload_record(files: list[Inspected]) -> dict[str, Any]:
+    """What the API remembers of an upload: filename -> source object key, or why it was rejected."""
+    return {
+        "createdAt": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "files": [
+            {
+                "filename": f.filename, "bytes": f.size, "sha256": f.sha256, "error": f.error,
+                "source": None if f.error else layout.UPLOADS_SOURCE_PREFIX
+                + layout.original_key(f.sha256, f.extension),
+            }
+            for f in files
+        ],
+    }
+
+
+def save_upload_record(s3: Minio, bucket: str, namespace: str, name: str, record: dict[str, Any]) -> None:
+    put_json(s3, bucket, layout.upload_record_key(namespace, name), record)
+
+
+def summary(job: dict[str, Any]) -> dict[str, Any]:
+    meta, status = job.get("metadata", {}), job.get("status") or {}
+    total, succeeded, failed = status.get("total", 0), status.get("succeeded", 0), status.get("failed", 0)
+    return {
+        "name": meta.get("name"),
+        "phase": status.get("phase", "Pending"),
+        "progress": {"total": total, "succeeded": succeeded, "failed": failed, "done": succeeded + failed},
+        "createdAt": meta.get("creationTimestamp"),
+        "completionTime": status.get("completionTime"),
+    }
+
+
+def result_records(s3: Minio, job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-image result records written so far, by source key."""
+    pointer = (job.get("status") or {}).get("results") or {}
+    if not pointer.get("prefix"):
+        return {}
+    records: dict[str, dict[str, Any]] = {}
+    for obj in s3.list_objects(pointer["bucket"], prefix=pointer["prefix"], recursive=True):
+        for record in get_json(s3, pointer["bucket"], obj.object_name):
+            records[record["source"]] = record
+    return records
+
+
+def file_states(
+    s3: Minio, public_s3: Minio, job: dict[str, Any], namespace: str, bucket: str, expiry: int,
+) -> list[dict[str, Any]]:
+    """Every file of the job with its state and results; download URLs presigned for the public endpoint."""
+    records = result_records(s3, job)
+    status = job.get("status") or {}
+    output_bucket = (status.get("results") or {}).get("outputBucket", bucket)
+    upload = get_json_or_none(s3, bucket, layout.upload_record_key(namespace, job["metadata"]["name"]))
+    entries = upload["files"] if upload else [{"filename": None, "source": key} for key in sorted(records)]
+    finished = status.get("phase") in ("Succeeded", "PartiallyFailed", "Failed")
+    files = []
+    for entry in entries:
+        state: dict[str, Any] = {"filename": entry.get("filename"), "source": entry.get("source")}
+        record = records.get(entry.get("source") or "")
+        if entry.get("error"):
+            state.update(status="failed", error=f"rejected at upload: {entry['error']}", outputs=[])
+        elif record is None:
+            state.update(status="failed" if finished else "pending",
+                         error="not processed" if finished else None, outputs=[])
+        else:
+            outputs = [
+                {**out, "url": public_s3.presigned_get_object(
+                    output_bucket, out["path"], expires=datetime.timedelta(seconds=expiry))}
+                for out in record.get("outputs", [])
+            ]
+            state.update(status=record["status"], error=record.get("error"), outputs=outputs)
+        files.append(state)
+    return files

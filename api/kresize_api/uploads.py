@@ -1,0 +1,129 @@
+"""Pure upload logic: what an uploaded file is (judged by its content), and the spec a form asks for."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import unicodedata
+import warnings
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from kresize_common.config import ImageLimits
+from kresize_common.spec import SpecError, normalize_spec
+from PIL import Image, UnidentifiedImageError
+
+# Pillow format name -> (extension, content type) for the inputs kresize accepts.
+ACCEPTED_FORMATS = {
+    "JPEG": ("jpg", "image/jpeg"),
+    "PNG": ("png", "image/png"),
+    "WEBP": ("webp", "image/webp"),
+    "AVIF": ("avif", "image/avif"),
+    "GIF": ("gif", "image/gif"),
+    "TIFF": ("tiff", "image/tiff"),
+    "BMP": ("bmp", "image/bmp"),
+}
+
+
+@dataclass(frozen=True)
+class Inspected:
+    """One uploaded file. `error` is set when it is rejected; the others when it is accepted."""
+
+    filename: str
+    size: int
+    sha256: str
+    error: str | None = None
+    extension: str = ""
+    content_type: str = ""
+    width: int = 0
+    height: int = 0
+
+
+def display_name(raw: str | None) -> str:
+    """A filename fit for showing back: the last path component, printable, at most 255 characters.
+    It is never used as a path or an object key."""
+    name = PurePosixPath((raw or "").replace("\\", "/")).name
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
+    return name[:255] or "unnamed"
+
+
+def inspect_upload(filename: str | None, data: bytes, limits: ImageLimits) -> Inspected:
+    """Identify an upload by its bytes (never its name or Content-Type) and check the limits
+    that can be checked from the header alone. Decoding problems are left to the resizer."""
+    name = display_name(filename)
+    digest = hashlib.sha256(data).hexdigest()
+    if not data:
+        return Inspected(name, 0, digest, error="empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                fmt, (width, height) = image.format, image.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        reason = "not a supported image (unrecognised content)"
+        if not isinstance(error, UnidentifiedImageError):
+            reason = f"not a readable image: {error}"
+        return Inspected(name, len(data), digest, error=reason)
+    except Image.DecompressionBombError as error:
+        return Inspected(name, len(data), digest, error=f"too many pixels: {error}")
+    if fmt not in ACCEPTED_FORMATS:
+        return Inspected(name, len(data), digest,
+                         error=f"unsupported image format {fmt}; send JPEG, PNG, WebP, AVIF, GIF, TIFF or BMP")
+    if width * height > limits.max_pixels:
+        return Inspected(name, len(data), digest, error=(
+            f"too many pixels: {width}x{height} = {width * height} > limit {limits.max_pixels} (KRESIZE_MAX_PIXELS)"))
+    extension, content_type = ACCEPTED_FORMATS[fmt]
+    return Inspected(name, len(data), digest, extension=extension, content_type=content_type,
+                     width=width, height=height)
+
+
+_TARGET_FIELDS = ("name", "width", "height", "fit", "format", "quality", "upscale", "background")
+_INT_FIELDS = {"width", "height", "quality", "parallelism"}
+_BOOL_FIELDS = {"upscale", "grayscale"}
+_FLOAT_FIELDS = {"blur", "sharpen"}
+
+
+def _coerce(field: str, raw: str) -> Any:
+    try:
+        if field in _INT_FIELDS:
+            return int(raw)
+        if field in _FLOAT_FIELDS:
+            return float(raw)
+    except ValueError:
+        raise SpecError([f"{field}: {raw!r} is not a number"]) from None
+    if field in _BOOL_FIELDS:
+        if raw.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise SpecError([f"{field}: {raw!r} is not true or false"])
+        return raw.lower() in ("true", "1", "yes", "on")
+    return raw
+
+
+def spec_from_form(form: dict[str, str]) -> dict[str, Any]:
+    """The resize parameters of a request: either `targets` (a JSON list of targets, as in the CRD),
+    or the fields of one target (`width`, `height`, `fit`, `format`, `quality`, `upscale`, `background`,
+    `name`, default `default`). Plus `grayscale`, `blur`, `sharpen` and `parallelism`.
+    Returns the spec without its source/output, validated against the CRD schema; raises SpecError."""
+    spec: dict[str, Any] = {}
+    if form.get("targets"):
+        if any(form.get(f) for f in _TARGET_FIELDS):
+            raise SpecError(["give either targets (JSON) or the fields of a single target, not both"])
+        try:
+            spec["targets"] = json.loads(form["targets"])
+        except json.JSONDecodeError as error:
+            raise SpecError([f"targets: not valid JSON: {error}"]) from None
+    else:
+        target = {f: _coerce(f, form[f]) for f in _TARGET_FIELDS if form.get(f)}
+        if "width" not in target and "height" not in target:
+            raise SpecError(["give width and/or height (or targets as a JSON list)"])
+        target.setdefault("name", "default")
+        spec["targets"] = [target]
+    operations = {f: _coerce(f, form[f]) for f in ("grayscale", "blur", "sharpen") if form.get(f)}
+    if operations:
+        spec["operations"] = operations
+    if form.get("parallelism"):
+        spec["parallelism"] = _coerce("parallelism", form["parallelism"])
+    checked = normalize_spec({**spec, "source": {"prefix": "x/"}})
+    checked.pop("source")
+    return checked

@@ -1,0 +1,93 @@
+"""Configuration from environment variables, shared by the API, the operator and the resizer."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+_SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def env_str(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {raw!r}")
+
+
+def default_namespace() -> str:
+    """KRESIZE_NAMESPACE, else the pod's own namespace, else `default`."""
+    explicit = os.environ.get("KRESIZE_NAMESPACE", "").strip()
+    if explicit:
+        return explicit
+    try:
+        return _SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    secure: bool = False
+    region: str = "us-east-1"
+    bucket: str = "kresize"
+    public_endpoint: str = ""
+
+    @classmethod
+    def from_env(cls) -> S3Settings:
+        endpoint = env_str("KRESIZE_S3_ENDPOINT", "localhost:9000")
+        secure = env_bool("KRESIZE_S3_SECURE", False)
+        scheme = "https" if secure else "http"
+        return cls(
+            endpoint=endpoint,
+            access_key=os.environ.get("KRESIZE_S3_ACCESS_KEY", ""),
+            secret_key=os.environ.get("KRESIZE_S3_SECRET_KEY", ""),
+            secure=secure,
+            region=env_str("KRESIZE_S3_REGION", "us-east-1"),
+            bucket=env_str("KRESIZE_S3_BUCKET", "kresize"),
+            public_endpoint=env_str("KRESIZE_S3_PUBLIC_ENDPOINT", f"{scheme}://{endpoint}"),
+        )
+
+    def __repr__(self) -> str:  # never print credentials
+        return f"S3Settings(endpoint={self.endpoint!r}, bucket={self.bucket!r}, secure={self.secure})"
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Per-image safety limits (imgproxy's 50 MP default for pixels)."""
+
+    max_pixels: int = 50_000_000
+    max_bytes: int = 50 * 1024 * 1024
+
+    @classmethod
+    def from_env(cls) -> ImageLimits:
+        return cls(
+            max_pixels=env_int("KRESIZE_MAX_PIXELS", cls.max_pixels, minimum=1),
+            max_bytes=env_int("KRESIZE_MAX_FILE_BYTES", cls.max_bytes, minimum=1),
+        )

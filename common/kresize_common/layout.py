@@ -1,0 +1,69 @@
+"""Where everything lives in S3. Every key kresize writes is built here and nowhere else.
+
+    originals/<sha256><ext>                       uploads through the API (content-addressed)
+    uploads/<namespace>/<job>.json                the API's record of an upload: filename -> key
+    jobs/<namespace>/<job>/<uid>/plan.json        the work plan, written last (its presence = plan complete)
+    jobs/<namespace>/<job>/<uid>/shards/<i>.json  the images and settings of Job index i
+    jobs/<namespace>/<job>/<uid>/results/<i>.json the per-image result records of index i
+    <output prefix><image id>/<target>.<ext>      the variants (default prefix results/<namespace>/<job>/)
+
+Keys are object names, never file paths: nothing here touches a filesystem.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+UPLOADS_SOURCE_PREFIX = "originals/"
+
+FORMAT_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "avif": "avif"}
+
+
+def work_prefix(namespace: str, name: str, uid: str) -> str:
+    # The uid keeps a deleted-and-recreated job of the same name from reading stale work.
+    return f"jobs/{namespace}/{name}/{uid}/"
+
+
+def plan_key(work: str) -> str:
+    return f"{work}plan.json"
+
+
+def shard_key(work: str, index: int) -> str:
+    return f"{work}shards/{index:05d}.json"
+
+
+def results_prefix(work: str) -> str:
+    return f"{work}results/"
+
+
+def results_key(work: str, index: int) -> str:
+    return f"{results_prefix(work)}{index:05d}.json"
+
+
+def default_output_prefix(namespace: str, name: str) -> str:
+    return f"results/{namespace}/{name}/"
+
+
+def upload_record_key(namespace: str, name: str) -> str:
+    return f"uploads/{namespace}/{name}.json"
+
+
+def original_key(sha256_hex: str, extension: str) -> str:
+    """Relative to UPLOADS_SOURCE_PREFIX, as it goes into `spec.source.keys`."""
+    return f"{sha256_hex}.{extension}"
+
+
+def source_object_key(prefix: str, key: str) -> str:
+    return f"{prefix}{key}"
+
+
+def image_id(object_key: str, source_prefix: str) -> str:
+    """The key relative to the source prefix, without its extension: `a/b/photo.jpg` -> `a/b/photo`."""
+    relative = object_key[len(source_prefix):] if object_key.startswith(source_prefix) else object_key
+    head, tail = posixpath.split(relative)
+    stem, _ext = posixpath.splitext(tail)
+    return posixpath.join(head, stem or tail)
+
+
+def output_key(output_prefix: str, image: str, target: str, extension: str) -> str:
+    return f"{output_prefix}{image}/{target}.{extension}"

@@ -1,0 +1,186 @@
+"""The ResizeJob spec: defaults and validation from the CRD schema, and typed views for the pipeline.
+
+The CRD (manifests/crds/) is the single source of truth; `crd/` here is a generated copy shipped with the
+package so every component validates exactly what the apiserver validates.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import yaml
+
+GROUP = "kresize.dev"
+VERSION = "v1alpha1"
+PLURAL = "resizejobs"
+KIND = "ResizeJob"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class SpecError(ValueError):
+    """An invalid ResizeJob spec; `errors` holds one readable message per problem."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+@cache
+def crd() -> dict[str, Any]:
+    text = resources.files("kresize_common").joinpath("crd/resizejobs.kresize.dev.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def object_schema() -> dict[str, Any]:
+    (version,) = [v for v in crd()["spec"]["versions"] if v["name"] == VERSION]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def spec_schema() -> dict[str, Any]:
+    return object_schema()["properties"]["spec"]
+
+
+def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
+    """Structural defaulting as the apiserver does it: fill absent properties that declare a default."""
+    if isinstance(value, dict):
+        for name, sub in schema.get("properties", {}).items():
+            if name not in value and "default" in sub:
+                value[name] = copy.deepcopy(sub["default"])
+            if name in value:
+                value[name] = apply_defaults(sub, value[name])
+    elif isinstance(value, list) and "items" in schema:
+        return [apply_defaults(schema["items"], item) for item in value]
+    return value
+
+
+def _json_schema(schema: Any) -> Any:
+    """Drop the `x-kubernetes-*` extensions; what remains is plain JSON Schema."""
+    if isinstance(schema, dict):
+        return {k: _json_schema(v) for k, v in schema.items() if not k.startswith("x-kubernetes-")}
+    if isinstance(schema, list):
+        return [_json_schema(v) for v in schema]
+    return schema
+
+
+def _path(prefix: str, parts: Any) -> str:
+    out = prefix
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _list_key_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
+    """Uniqueness rules of `x-kubernetes-list-type` (map and set), which JSON Schema lacks."""
+    errors: list[str] = []
+    if isinstance(value, dict):
+        for name, sub in schema.get("properties", {}).items():
+            if name in value:
+                errors += _list_key_errors(sub, value[name], f"{path}.{name}")
+    elif isinstance(value, list):
+        list_type = schema.get("x-kubernetes-list-type")
+        seen: set[Any] = set()
+        for index, item in enumerate(value):
+            if list_type == "map" and isinstance(item, dict):
+                key = tuple(item.get(k) for k in schema.get("x-kubernetes-list-map-keys", []))
+            elif list_type == "set":
+                key = repr(item)
+            else:
+                key = None
+            if key is not None:
+                if key in seen:
+                    shown = key[0] if isinstance(key, tuple) and len(key) == 1 else key
+                    errors.append(f"{path}[{index}]: Duplicate value: {shown!r}")
+                seen.add(key)
+            errors += _list_key_errors(schema.get("items", {}), item, f"{path}[{index}]")
+    return errors
+
+
+def validate(schema: dict[str, Any], value: Any, path: str) -> list[str]:
+    """Readable errors for `value` against a CRD schema node (after defaults), or []."""
+    validator = jsonschema.Draft7Validator(_json_schema(schema))
+    errors = []
+    for error in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path)):
+        where = _path(path, error.absolute_path)
+        errors.append(f"{where}: {_message(error)}")
+    return errors + _list_key_errors(schema, value, path)
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    if error.validator == "anyOf":
+        needed = [" or ".join(s.get("required", [])) for s in error.validator_value]
+        return f"needs at least one of: {', '.join(needed)}"
+    if error.validator == "pattern":
+        return f"{error.instance!r} is not allowed (must match {error.validator_value})"
+    if error.validator == "enum":
+        return f"{error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
+    if error.validator == "minimum":
+        return f"must be at least {error.validator_value}, got {error.instance}"
+    if error.validator == "maximum":
+        return f"must be at most {error.validator_value}, got {error.instance}"
+    return error.message
+
+
+def normalize_spec(spec: Any) -> dict[str, Any]:
+    """Defaults applied and validated, exactly as the apiserver would store it; raises SpecError."""
+    if not isinstance(spec, dict):
+        raise SpecError(["spec: must be an object"])
+    schema = spec_schema()
+    value = apply_defaults(schema, copy.deepcopy(spec))
+    errors = validate(schema, value, "spec")
+    if errors:
+        raise SpecError(errors)
+    return value
+
+
+# Typed views used by the image pipeline.
+
+_HEX = re.compile(r"^#([0-9a-fA-F]{2})([0-9a-fA-F]{2})([0-9a-fA-F]{2})$")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    width: int | None = None
+    height: int | None = None
+    fit: str = "cover"
+    format: str = "original"
+    quality: int = 80
+    upscale: bool = False
+    background: tuple[int, int, int] = (255, 255, 255)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Target:
+        match = _HEX.match(raw.get("background", "#ffffff"))
+        background = tuple(int(g, 16) for g in match.groups()) if match else (255, 255, 255)
+        return cls(
+            name=raw["name"],
+            width=raw.get("width"),
+            height=raw.get("height"),
+            fit=raw.get("fit", "cover"),
+            format=raw.get("format", "original"),
+            quality=raw.get("quality", 80),
+            upscale=raw.get("upscale", False),
+            background=background,  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class Operations:
+    grayscale: bool = False
+    blur: float = 0.0
+    sharpen: float = 0.0
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> Operations:
+        raw = raw or {}
+        return cls(
+            grayscale=bool(raw.get("grayscale", False)),
+            blur=float(raw.get("blur", 0)),
+            sharpen=float(raw.get("sharpen", 0)),
+        )

@@ -1,0 +1,240 @@
+"""kopf handlers: the I/O edge of the operator. Decisions live in planning.py, manifests in jobs.py.
+
+- create/resume: validate, write the work plan to S3, create the Indexed Job (adopting it when it
+  already exists), mark the ResizeJob Running. Every step is idempotent, so a restart at any point
+  converges without a second Job.
+- a timer on Running jobs: read the Job status, count newly finished indexes from their S3 results
+  (counts and the counted indexes change in one status patch, so nothing is counted twice), lower
+  parallelism as work runs out, and finish the ResizeJob when the Job finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from typing import Any
+
+import kopf
+import kubernetes
+from kresize_common import layout
+from kresize_common.s3 import make_client
+from kresize_common.spec import GROUP, PLURAL, VERSION, SpecError, normalize_spec
+from kubernetes.client.exceptions import ApiException
+
+from . import planning
+from .config import OperatorConfig
+from .jobs import build_job
+from .storage import PermanentSourceError, Placement, ensure_plan, placement_for, shard_records
+
+CONFIG = OperatorConfig.from_env()
+TERMINAL_PHASES = frozenset({"Succeeded", "PartiallyFailed", "Failed"})
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _kube_client() -> kubernetes.client.ApiClient:
+    try:
+        kubernetes.config.load_incluster_config()
+        return kubernetes.client.ApiClient()
+    except kubernetes.config.ConfigException:
+        return kubernetes.config.new_client_from_config()
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # The schema prunes unknown status fields, so kopf keeps its bookkeeping in annotations.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    memo.batch = kubernetes.client.BatchV1Api(_kube_client())
+    memo.s3 = make_client(CONFIG.s3)
+
+
+def _is_running(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") == "Running"
+
+
+def _fail(patch: kopf.Patch, generation: int, status: kopf.Status, reason: str, message: str) -> None:
+    conditions = list(status.get("conditions") or [])
+    now = _now()
+    conditions = planning.set_condition(conditions, "Progressing", "False", reason, message, generation, now)
+    conditions = planning.set_condition(conditions, "Failed", "True", reason, message, generation, now)
+    patch.status.update({
+        "phase": "Failed", "observedGeneration": generation, "conditions": conditions, "completionTime": now,
+    })
+
+
+def _ensure_job(batch: kubernetes.client.BatchV1Api, job: dict[str, Any]) -> dict[str, Any]:
+    """Create the Job, or adopt the one an earlier attempt created (same deterministic name)."""
+    meta = job["metadata"]
+    try:
+        return batch.create_namespaced_job(meta["namespace"], job).to_dict()
+    except ApiException as error:
+        if error.status != 409:
+            raise
+    existing = batch.read_namespaced_job(meta["name"], meta["namespace"]).to_dict()
+    owners = (existing.get("metadata") or {}).get("owner_references") or []
+    if not any(o.get("uid") == meta["ownerReferences"][0]["uid"] for o in owners):
+        raise kopf.PermanentError(f"a Job named {meta['name']} exists and is not owned by this ResizeJob")
+    return existing
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+async def start(
+    body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str, namespace: str,
+    uid: str, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any,
+) -> None:
+    generation = meta.get("generation", 1)
+    if status.get("phase") in TERMINAL_PHASES:
+        return
+    try:
+        normalized = normalize_spec(dict(spec))
+    except SpecError as error:
+        _fail(patch, generation, status, "InvalidSpec", str(error))
+        kopf.warn(body, reason="InvalidSpec", message=str(error))
+        return
+    work = layout.work_prefix(namespace, name, uid)
+    placement = placement_for(normalized, namespace, name, CONFIG)
+    try:
+        plan = await asyncio.to_thread(ensure_plan, memo.s3, CONFIG, work, normalized, placement)
+    except PermanentSourceError as error:
+        _fail(patch, generation, status, "SourceNotFound", str(error))
+        kopf.warn(body, reason="SourceNotFound", message=str(error))
+        return
+    except Exception as error:
+        message = f"cannot prepare the work in S3 ({CONFIG.s3.endpoint}): {type(error).__name__}: {error}"
+        conditions = planning.set_condition(list(status.get("conditions") or []), "Progressing", "False",
+                                            "S3Unavailable", message, generation, _now())
+        patch.status.update({"phase": "Pending", "observedGeneration": generation, "conditions": conditions})
+        raise kopf.TemporaryError(message, delay=10) from error
+
+    job_name = planning.job_name_for(name)
+    parallelism = planning.decide_parallelism(plan.shards, normalized["parallelism"], CONFIG.max_parallelism)
+    job = build_job(
+        name=job_name, namespace=namespace, owner_name=name, owner_uid=uid, spec=normalized, plan=plan,
+        parallelism=parallelism, work_prefix=work, config=CONFIG,
+    )
+    await asyncio.to_thread(_ensure_job, memo.batch, job)
+    if status.get("phase") == "Running":  # resumed: the counts in status stay as they are
+        return
+    message = f"{plan.total} images in {plan.shards} shards of up to {plan.shard_size}; Job {job_name}"
+    conditions = planning.set_condition(list(status.get("conditions") or []), "Progressing", "True",
+                                        "JobCreated", message, generation, _now())
+    patch.status.update({
+        "phase": "Running", "observedGeneration": generation, "conditions": conditions,
+        "total": plan.total, "succeeded": 0, "failed": 0, "progress": f"0/{plan.total}",
+        "shards": plan.shards, "shardSize": plan.shard_size, "countedIndexes": "",
+        "jobName": job_name, "parallelism": parallelism, "startTime": _now(), "failures": [],
+        "results": _results_pointer(work, placement),
+    })
+    kopf.info(body, reason="JobCreated", message=message)
+    logger.info("started: %s", message)
+
+
+def _results_pointer(work: str, placement: Placement) -> dict[str, str]:
+    return {
+        "bucket": CONFIG.s3.bucket, "prefix": layout.results_prefix(work),
+        "outputBucket": placement.output_bucket, "outputPrefix": placement.output_prefix,
+    }
+
+
+def _job_finished(job: dict[str, Any]) -> tuple[str, str, str] | None:
+    """('Complete'|'Failed', reason, message) once the Job controller has finished the Job."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return condition["type"], condition.get("reason") or condition["type"], condition.get("message") or ""
+    return None
+
+
+def _collect(
+    memo: kopf.Memo, work: str, status: kopf.Status, completed: set[int], failed: set[int], job_name: str,
+) -> dict[str, Any]:
+    """Fold the results of newly finished indexes into the counts (blocking S3 reads)."""
+    counted = planning.expand_ranges(status.get("countedIndexes"))
+    succeeded, failures_count = status.get("succeeded", 0), status.get("failed", 0)
+    failures = list(status.get("failures") or [])
+    for index in sorted((completed | failed) - counted):
+        reason = None
+        if index in failed:
+            reason = (f"shard {index} failed after its retries with an infrastructure error; "
+                      f"see the logs of Job {job_name} index {index}")
+        for record in shard_records(memo.s3, CONFIG.s3.bucket, work, index, failed_reason=reason):
+            if record["status"] == "succeeded":
+                succeeded += 1
+                continue
+            failures_count += 1
+            if len(failures) < CONFIG.max_status_failures:
+                failures.append({"source": record["source"], "reason": record["error"] or "unknown error"})
+        counted.add(index)
+    return {"succeeded": succeeded, "failed": failures_count, "failures": failures,
+            "countedIndexes": planning.compress_ranges(counted)}
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.sync_interval, when=_is_running)
+async def sync(
+    body: kopf.Body, status: kopf.Status, spec: kopf.Spec, meta: kopf.Meta, name: str, namespace: str,
+    uid: str, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any,
+) -> None:
+    generation = meta.get("generation", 1)
+    job_name = status["jobName"]
+    try:
+        job = (await asyncio.to_thread(memo.batch.read_namespaced_job, job_name, namespace)).to_dict()
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        # Someone deleted the Job: create it again. Finished shards skip themselves (their results exist).
+        logger.warning("Job %s is gone; recreating it", job_name)
+        kopf.warn(body, reason="JobRecreated", message=f"Job {job_name} was deleted; recreating it")
+        await start(body=body, spec=spec, status=status, meta=meta, name=name, namespace=namespace, uid=uid,
+                    patch=patch, memo=memo, logger=logger)
+        return
+
+    job_status = job.get("status") or {}
+    completed = planning.expand_ranges(job_status.get("completed_indexes"))
+    failed_indexes = planning.expand_ranges(job_status.get("failed_indexes"))
+    work = layout.work_prefix(namespace, name, uid)
+    counts = await asyncio.to_thread(_collect, memo, work, status, completed, failed_indexes, job_name)
+    total = status.get("total", 0)
+    done = counts["succeeded"] + counts["failed"]
+    update: dict[str, Any] = {**counts, "progress": f"{done}/{total}", "observedGeneration": generation}
+
+    finished = _job_finished(job)
+    if finished is None:
+        remaining = status.get("shards", 0) - len(completed | failed_indexes)
+        desired = planning.decide_parallelism(remaining, spec.get("parallelism", 8), CONFIG.max_parallelism)
+        if desired < (job.get("spec") or {}).get("parallelism", 0):
+            await asyncio.to_thread(memo.batch.patch_namespaced_job, job_name, namespace,
+                                    {"spec": {"parallelism": desired}})
+            logger.info("parallelism lowered to %d (%d shards remain)", desired, remaining)
+        update["parallelism"] = min(desired, (job.get("spec") or {}).get("parallelism", desired))
+        patch.status.update(update)
+        return
+
+    kind, reason, job_message = finished
+    now = _now()
+    conditions = list(status.get("conditions") or [])
+    all_counted = done >= total
+    if kind == "Complete" or (reason == "FailedIndexes" and all_counted):
+        phase = planning.final_phase(counts["succeeded"], counts["failed"], total)
+    else:
+        phase = "Failed"
+    message = f"{counts['succeeded']} of {total} images succeeded, {counts['failed']} failed"
+    if phase == "Failed":
+        why = reason if kind == "Failed" else "NoImageSucceeded"
+        message = f"{message}; Job {job_name}: {why} {job_message}".strip()
+        conditions = planning.set_condition(conditions, "Failed", "True", why, message, generation, now)
+        kopf.warn(body, reason="Failed", message=message)
+    else:
+        conditions = planning.set_condition(conditions, "Complete", "True", phase, message, generation, now)
+        kopf.info(body, reason=phase, message=message)
+    conditions = planning.set_condition(conditions, "Progressing", "False", phase, message, generation, now)
+    update.update({"phase": phase, "conditions": conditions, "completionTime": now, "parallelism": 0})
+    patch.status.update(update)
+    logger.info("finished: %s", message)

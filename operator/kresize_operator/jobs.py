@@ -1,0 +1,92 @@
+"""The batch/v1 Job that runs a ResizeJob's shards: a pure function of the ResizeJob and the plan."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kresize_common.spec import API_VERSION, KIND
+
+from .config import OperatorConfig
+from .planning import ShardPlan
+
+RESIZER_UID = 65532
+LABEL_RESIZEJOB = "kresize.dev/resizejob"
+
+
+def labels_for(resizejob_name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "kresize-resizer",
+        "app.kubernetes.io/component": "resizer",
+        "app.kubernetes.io/part-of": "kresize",
+        "app.kubernetes.io/managed-by": "kresize-operator",
+        LABEL_RESIZEJOB: resizejob_name[:63].rstrip("-_."),
+    }
+
+
+def build_job(
+    *, name: str, namespace: str, owner_name: str, owner_uid: str, spec: dict[str, Any], plan: ShardPlan,
+    parallelism: int, work_prefix: str, config: OperatorConfig,
+) -> dict[str, Any]:
+    """An Indexed Job: index i processes shard i. Credentials come only from the named Secret."""
+    retry = spec.get("retry") or {}
+    labels = labels_for(owner_name)
+    secret = config.job_s3_secret
+    env = [
+        {"name": "KRESIZE_S3_ENDPOINT", "value": config.job_s3_endpoint},
+        {"name": "KRESIZE_S3_SECURE", "value": "true" if config.job_s3_secure else "false"},
+        {"name": "KRESIZE_S3_REGION", "value": config.s3.region},
+        {"name": "KRESIZE_S3_BUCKET", "value": config.s3.bucket},
+        {"name": "KRESIZE_S3_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": secret, "key": "accessKey"}}},
+        {"name": "KRESIZE_S3_SECRET_KEY", "valueFrom": {"secretKeyRef": {"name": secret, "key": "secretKey"}}},
+        {"name": "KRESIZE_WORK_PREFIX", "value": work_prefix},
+        {"name": "KRESIZE_MAX_PIXELS", "value": str(config.limits.max_pixels)},
+        {"name": "KRESIZE_MAX_FILE_BYTES", "value": str(config.limits.max_bytes)},
+    ]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": RESIZER_UID, "runAsGroup": RESIZER_UID, "fsGroup": RESIZER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [{
+            "name": "resizer",
+            "image": config.resizer_image,
+            "imagePullPolicy": config.resizer_pull_policy,
+            "args": ["run"],
+            "env": env,
+            "resources": config.resources,
+            "securityContext": {
+                "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        }],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+    }
+    if config.resizer_service_account:
+        pod_spec["serviceAccountName"] = config.resizer_service_account
+    job_spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": plan.shards,
+        "parallelism": parallelism,
+        "backoffLimitPerIndex": retry.get("backoffLimitPerIndex", 3),
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if retry.get("activeDeadlineSeconds"):
+        job_spec["activeDeadlineSeconds"] = retry["activeDeadlineSeconds"]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [{
+                "apiVersion": API_VERSION, "kind": KIND, "name": owner_name, "uid": owner_uid,
+                "controller": True, "blockOwnerDeletion": True,
+            }],
+        },
+        "spec": job_spec,
+    }

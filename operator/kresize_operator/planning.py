@@ -1,0 +1,106 @@
+"""Pure decisions: how to shard the work, how many pods to run, and what the status says.
+
+Sharding rule: aim for `shards_per_worker` shards per pod the job may run (so a slow shard does not
+leave the other pods idle at the end), but never fewer than `min_size` images per shard (pod start-up
+costs about a second) nor more than `max_size` (so a retry redoes little work):
+
+    parallel  = min(spec.parallelism, operator max parallelism)
+    shardSize = clamp(ceil(total / (parallel * shards_per_worker)), min_size, max_size)
+    shards    = ceil(total / shardSize)
+
+Parallelism rule: min(remaining shards, spec.parallelism, operator max parallelism), recomputed on every
+sync and lowered on the running Job as shards finish. Remaining = not yet completed or failed, so the
+value never drops below the number of pods still working.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+from .config import Sharding
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    total: int
+    shard_size: int
+    shards: int
+
+    def shard_bounds(self, index: int) -> tuple[int, int]:
+        start = index * self.shard_size
+        return start, min(start + self.shard_size, self.total)
+
+
+def plan_shards(total: int, spec_parallelism: int, max_parallelism: int, sharding: Sharding) -> ShardPlan:
+    if total <= 0:
+        raise ValueError("nothing to shard")
+    parallel = max(1, min(spec_parallelism, max_parallelism))
+    wanted = math.ceil(total / (parallel * sharding.shards_per_worker))
+    size = max(sharding.min_size, min(sharding.max_size, wanted))
+    return ShardPlan(total=total, shard_size=size, shards=math.ceil(total / size))
+
+
+def decide_parallelism(remaining_shards: int, spec_parallelism: int, max_parallelism: int) -> int:
+    """Pods to run now. At least 1 while anything remains (a Job's parallelism 0 would suspend it)."""
+    return max(1, min(remaining_shards, spec_parallelism, max_parallelism))
+
+
+def expand_ranges(text: str | None) -> set[int]:
+    """'0-2,5' -> {0, 1, 2, 5} (the format of Job status completedIndexes/failedIndexes)."""
+    out: set[int] = set()
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        out.update(range(int(low), int(high or low) + 1))
+    return out
+
+
+def compress_ranges(indexes: set[int] | list[int]) -> str:
+    """{0, 1, 2, 5} -> '0-2,5'."""
+    parts: list[str] = []
+    ordered = sorted(set(indexes))
+    start = previous = None
+    for index in [*ordered, None]:
+        if start is not None and (index is None or index != previous + 1):
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+            start = None
+        if index is not None and start is None:
+            start = index
+        previous = index
+    return ",".join(parts)
+
+
+def final_phase(succeeded: int, failed: int, total: int) -> str:
+    """Phase of a finished run: Succeeded, PartiallyFailed or Failed (nothing succeeded)."""
+    if succeeded == total and failed == 0:
+        return "Succeeded"
+    if succeeded == 0:
+        return "Failed"
+    return "PartiallyFailed"
+
+
+def set_condition(
+    conditions: list[dict], type_: str, status: str, reason: str, message: str, generation: int, now: str,
+) -> list[dict]:
+    """Upsert a standard condition; lastTransitionTime changes only when the status does."""
+    result = [dict(c) for c in conditions if c.get("type") != type_]
+    previous = next((c for c in conditions if c.get("type") == type_), None)
+    transition = previous["lastTransitionTime"] if previous and previous.get("status") == status else now
+    result.append({
+        "type": type_, "status": status, "reason": reason, "message": message,
+        "lastTransitionTime": transition, "observedGeneration": generation,
+    })
+    return sorted(result, key=lambda c: c["type"])
+
+
+def job_name_for(resizejob_name: str) -> str:
+    """Deterministic Job name within 63 characters (the job-name label limit)."""
+    name = f"{resizejob_name}-resize"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(resizejob_name.encode()).hexdigest()[:10]
+    return f"{resizejob_name[:45].rstrip('-.')}-{digest}-resize"

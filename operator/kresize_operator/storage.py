@@ -1,0 +1,95 @@
+"""The operator's S3 side: listing originals, writing the work plan, reading shard results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kresize_common import layout
+from kresize_common.s3 import ensure_bucket, get_json, get_json_or_none, put_json
+from minio import Minio
+from minio.error import S3Error
+
+from .config import OperatorConfig
+from .planning import ShardPlan, plan_shards
+
+
+class PermanentSourceError(Exception):
+    """The source can never be processed (missing bucket, no images): the job fails, no retry."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    source_bucket: str
+    output_bucket: str
+    output_prefix: str
+
+
+def placement_for(spec: dict[str, Any], namespace: str, name: str, config: OperatorConfig) -> Placement:
+    output = spec.get("output") or {}
+    return Placement(
+        source_bucket=spec["source"].get("bucket") or config.s3.bucket,
+        output_bucket=output.get("bucket") or config.s3.bucket,
+        output_prefix=output.get("prefix") or layout.default_output_prefix(namespace, name),
+    )
+
+
+def list_source_keys(client: Minio, bucket: str, source: dict[str, Any]) -> list[str]:
+    prefix = source.get("prefix", "")
+    if source.get("keys"):
+        return [layout.source_object_key(prefix, key) for key in source["keys"]]
+    try:
+        names = [o.object_name for o in client.list_objects(bucket, prefix=prefix, recursive=True)]
+    except S3Error as error:
+        if error.code == "NoSuchBucket":
+            raise PermanentSourceError(f"source bucket {bucket!r} does not exist") from None
+        raise
+    return sorted(n for n in names if n and not n.endswith("/"))
+
+
+def ensure_plan(
+    client: Minio, config: OperatorConfig, work: str, spec: dict[str, Any], placement: Placement,
+) -> ShardPlan:
+    """Write the shard manifests, then plan.json. Idempotent: an existing plan is reused as it is,
+    so a restart never re-lists a prefix whose content changed in between."""
+    bucket = config.s3.bucket
+    existing = get_json_or_none(client, bucket, layout.plan_key(work))
+    if existing is not None:
+        return ShardPlan(total=existing["total"], shard_size=existing["shardSize"], shards=existing["shards"])
+    ensure_bucket(client, bucket)
+    keys = list_source_keys(client, placement.source_bucket, spec["source"])
+    if not keys:
+        where = f"s3://{placement.source_bucket}/{spec['source'].get('prefix', '')}"
+        raise PermanentSourceError(f"no images found under {where}")
+    plan = plan_shards(len(keys), spec.get("parallelism", 8), config.max_parallelism, config.sharding)
+    prefix = spec["source"].get("prefix", "")
+    for index in range(plan.shards):
+        start, end = plan.shard_bounds(index)
+        put_json(client, bucket, layout.shard_key(work, index), {
+            "index": index,
+            "sourceBucket": placement.source_bucket,
+            "outputBucket": placement.output_bucket,
+            "outputPrefix": placement.output_prefix,
+            "targets": spec["targets"],
+            "operations": spec.get("operations") or {},
+            "images": [{"key": key, "id": layout.image_id(key, prefix)} for key in keys[start:end]],
+        })
+    put_json(client, bucket, layout.plan_key(work), {
+        "total": plan.total, "shardSize": plan.shard_size, "shards": plan.shards,
+    })
+    return plan
+
+
+def shard_records(client: Minio, bucket: str, work: str, index: int, *, failed_reason: str | None) -> list[dict]:
+    """Result records of one finished index. A failed index (or one whose results are missing)
+    yields a failed record per image of its shard, so no image is ever silently lost."""
+    if failed_reason is None:
+        records = get_json_or_none(client, bucket, layout.results_key(work, index))
+        if records is not None:
+            return records
+        failed_reason = f"shard {index} finished without writing results"
+    shard = get_json(client, bucket, layout.shard_key(work, index))
+    return [
+        {"source": image["key"], "status": "failed", "error": failed_reason, "outputs": []}
+        for image in shard["images"]
+    ]

@@ -1,0 +1,118 @@
+"""The cluster path: one Job pod processes the shard of its JOB_COMPLETION_INDEX.
+
+Exit codes decide what the Job controller does: 0 when the shard ran (bad images are failed records,
+not pod failures), 1 for infrastructure errors (S3 unreachable, access denied, missing shard), which makes
+the Job retry the index within `backoffLimitPerIndex`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from kresize_common import layout
+from kresize_common.config import ImageLimits, S3Settings
+from kresize_common.s3 import (
+    get_bytes,
+    get_json,
+    is_not_found,
+    make_client,
+    object_exists,
+    put_bytes,
+    put_json,
+)
+from kresize_common.spec import Operations, Target
+from minio import Minio
+from minio.error import S3Error
+
+from .pipeline import ImageError, make_record, render
+
+log = logging.getLogger("kresize.resizer")
+
+CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "avif": "image/avif"}
+
+
+class SourceMissing(Exception):
+    pass
+
+
+def _download(client: Minio, bucket: str, key: str, limits: ImageLimits) -> bytes:
+    try:
+        return get_bytes(client, bucket, key, limit=limits.max_bytes)
+    except S3Error as error:
+        if is_not_found(error):
+            raise SourceMissing(f"source object not found: s3://{bucket}/{key}") from None
+        raise
+
+
+def process_shard(client: Minio, shard: dict[str, Any], limits: ImageLimits) -> list[dict[str, Any]]:
+    """Resize every image of a shard and upload its variants; returns one result record per image.
+
+    Downloads run one image ahead in a thread so network and CPU overlap. S3 errors other than a
+    missing source propagate: they are infrastructure errors and fail the pod.
+    """
+    targets = [Target.from_dict(t) for t in shard["targets"]]
+    operations = Operations.from_dict(shard.get("operations"))
+    source_bucket, output_bucket = shard["sourceBucket"], shard["outputBucket"]
+    images = shard["images"]
+    records: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: Future[bytes] | None = None
+        for position, image in enumerate(images):
+            if pending is None:
+                pending = pool.submit(_download, client, source_bucket, image["key"], limits)
+            current, pending = pending, None
+            if position + 1 < len(images):
+                pending = pool.submit(_download, client, source_bucket, images[position + 1]["key"], limits)
+            started = time.perf_counter()
+            try:
+                rendered = render(current.result(), targets, operations, limits)
+            except (SourceMissing, ImageError) as error:
+                records.append(make_record(image["key"], None, str(error)))
+                log.info("failed %s: %s", image["key"], error)
+                continue
+            outputs = []
+            for variant in rendered:
+                key = layout.output_key(shard["outputPrefix"], image["id"], variant.target, variant.extension)
+                put_bytes(client, output_bucket, key, variant.data, CONTENT_TYPES[variant.format])
+                outputs.append({
+                    "target": variant.target, "path": key, "width": variant.width, "height": variant.height,
+                    "format": variant.format, "bytes": len(variant.data),
+                })
+            records.append(make_record(image["key"], outputs, None))
+            log.info("resized %s into %d variants in %.0f ms", image["key"], len(outputs),
+                     (time.perf_counter() - started) * 1000)
+    return records
+
+
+def run_from_env() -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        settings = S3Settings.from_env()
+        limits = ImageLimits.from_env()
+        work = os.environ["KRESIZE_WORK_PREFIX"]
+        index = int(os.environ["JOB_COMPLETION_INDEX"])
+    except (KeyError, ValueError) as error:
+        log.error("bad configuration: %s", error)
+        return 2
+    client = make_client(settings)
+    results = layout.results_key(work, index)
+    try:
+        # Results are written last, so their presence means an earlier attempt finished this shard.
+        if object_exists(client, settings.bucket, results):
+            log.info("shard %d already done (%s); nothing to do", index, results)
+            return 0
+        shard = get_json(client, settings.bucket, layout.shard_key(work, index))
+        records = process_shard(client, shard, limits)
+        put_json(client, settings.bucket, results, records)
+    except Exception as error:  # noqa: BLE001 - any I/O failure here is an infrastructure error
+        log.error("shard %d failed with an infrastructure error, the Job will retry it: %s: %s",
+                  index, type(error).__name__, error)
+        return 1
+    failed = sum(1 for r in records if r["status"] == "failed")
+    log.info("shard %d done: %d images, %d failed", index, len(records), failed)
+    return 0

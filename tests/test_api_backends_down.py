@@ -1,0 +1,66 @@
+"""S3 or the Kubernetes API unreachable: 503, and the request leaves nothing behind."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import httpx
+import pytest
+from conftest import BUCKET, NAMESPACE, component_env
+from harness.procs import Program, free_port, program
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+def unique_png() -> bytes:
+    out = io.BytesIO()
+    Image.frombytes("RGB", (16, 16), os.urandom(16 * 16 * 3)).save(out, "PNG")
+    return out.getvalue()
+
+
+def start_api(env: dict[str, str], log) -> tuple[Program, str]:
+    port = free_port()
+    api = Program([program("kresize-api"), "--port", str(port)], env, log).start()
+    api.wait_http(f"http://127.0.0.1:{port}/healthz")
+    return api, f"http://127.0.0.1:{port}"
+
+
+def resizejob_names(platform) -> set[str]:
+    items = platform.custom.list_namespaced_custom_object("kresize.dev", "v1alpha1", NAMESPACE, "resizejobs")
+    return {item["metadata"]["name"] for item in items["items"]}
+
+
+def test_s3_unreachable(platform, s3_server, kube, tmp_path):
+    env = component_env(s3_server, kube[1], KRESIZE_S3_ENDPOINT=f"127.0.0.1:{free_port()}")
+    api, url = start_api(env, tmp_path / "api.log")
+    try:
+        before = resizejob_names(platform)
+        response = httpx.post(f"{url}/v1/jobs", files=[("files", ("a.png", unique_png()))],
+                              data={"width": "10"}, timeout=60)
+        assert response.status_code == 503, response.text
+        assert "unavailable" in response.json()["detail"]
+        assert resizejob_names(platform) == before
+        ready = httpx.get(f"{url}/readyz", timeout=60)
+        assert ready.status_code == 503 and "s3" in ready.json()["problems"]
+    finally:
+        api.stop()
+
+
+def test_kubernetes_unreachable_leaves_no_orphans(platform, s3_server, kube, tmp_path):
+    dead = tmp_path / "kubeconfig"
+    dead.write_text(kube[1].read_text().replace(
+        kube[1].read_text().split("server: ")[1].split()[0], f"http://127.0.0.1:{free_port()}"))
+    api, url = start_api(component_env(s3_server, dead), tmp_path / "api.log")
+    try:
+        before = {o.object_name for o in platform.s3.list_objects(BUCKET, recursive=True)}
+        response = httpx.post(f"{url}/v1/jobs", files=[("files", ("a.png", unique_png()))],
+                              data={"width": "10"}, timeout=60)
+        assert response.status_code == 503, response.text
+        after = {o.object_name for o in platform.s3.list_objects(BUCKET, recursive=True)}
+        assert after == before  # the original and the upload record were removed again
+        ready = httpx.get(f"{url}/readyz", timeout=60)
+        assert ready.status_code == 503 and "kubernetes" in ready.json()["problems"]
+    finally:
+        api.stop()

@@ -1,0 +1,216 @@
+"""The whole path over HTTP with real parts: upload -> ResizeJob -> Indexed Job -> resizer processes -> status.
+
+Runs the real API and operator against the emulated apiserver and a real S3 server; the Job runner plays the
+Job controller and kubelet by running `kresize-resizer run` per index.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import BUCKET, NAMESPACE
+from harness.procs import wait_for
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+TERMINAL = {"Succeeded", "PartiallyFailed", "Failed"}
+TARGETS = [
+    {"name": "thumb", "width": 200, "height": 200, "fit": "cover", "format": "webp", "quality": 70},
+    {"name": "medium", "width": 800, "height": 800, "fit": "inside", "format": "jpeg"},
+    {"name": "banner", "width": 300, "height": 200, "fit": "contain", "format": "png"},
+]
+FORMATS = {"webp": "WEBP", "jpeg": "JPEG", "png": "PNG", "avif": "AVIF"}
+
+
+def oriented_size(path: Path) -> tuple[int, int]:
+    """Display size of a photo: stored size, swapped when the EXIF orientation turns it by 90 degrees."""
+    with Image.open(path) as image:
+        width, height = image.size
+        return (height, width) if image.getexif().get(0x0112) in (5, 6, 7, 8) else (width, height)
+
+
+def expected_size(width: int, height: int, target: dict) -> tuple[int, int]:
+    """The documented fit rules, without upscaling (docs/design.md)."""
+    box_w, box_h = target["width"], target["height"]
+    if target["fit"] == "cover":  # exact box, shrunk proportionally when the image is smaller than it
+        k = min(1, width / box_w, height / box_h)
+        return round(box_w * k), round(box_h * k)
+    if target["fit"] == "inside":
+        scale = min(box_w / width, box_h / height, 1)
+        return round(width * scale), round(height * scale)
+    return box_w, box_h  # contain pads to the exact box
+
+
+def wait_finished(client: httpx.Client, name: str, timeout: float = 300) -> dict:
+    def finished():
+        body = client.get(f"/v1/jobs/{name}").json()
+        return body if body["phase"] in TERMINAL else None
+    return wait_for(finished, timeout, interval=0.5, message=f"job {name} to finish")
+
+
+def upload(client: httpx.Client, paths: list[Path], **fields: str) -> httpx.Response:
+    files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in paths]
+    return client.post("/v1/jobs", files=files, data=fields)
+
+
+def test_upload_to_status_with_good_and_bad_images(platform, corpus):
+    good = sorted((corpus / "orientation").glob("*.jpg")) + sorted((corpus / "photos").glob("*.jpg"))
+    bad = sorted((corpus / "bad").iterdir())
+    with httpx.Client(base_url=platform.api_url, timeout=60) as client:
+        response = upload(client, good + bad, targets=json.dumps(TARGETS))
+        assert response.status_code == 202, response.text
+        created = response.json()
+        name = created["name"]
+        assert created["statusUrl"] == f"/v1/jobs/{name}"
+        assert response.headers["location"] == created["statusUrl"]
+        body = wait_finished(client, name)
+
+    by_name = {f["filename"]: f for f in body["files"]}
+    assert set(by_name) == {p.name for p in good + bad}
+    # The bad files fail one by one, with a reason; they never fail the job.
+    for path in bad:
+        record = by_name[path.name]
+        assert record["status"] == "failed" and record["error"], record
+        assert record["outputs"] == []
+    assert "empty" in by_name["empty.jpg"]["error"]
+    assert "pixels" in by_name["decompression_bomb.gif"]["error"]
+    assert "truncated" in by_name["truncated_DSCN0010.jpg"]["error"].lower()
+
+    # Every good file: every variant in S3 with the exact size and format, reachable by its presigned URL.
+    for path in good:
+        record = by_name[path.name]
+        assert record["status"] == "succeeded", record
+        width, height = oriented_size(path)
+        assert [o["target"] for o in record["outputs"]] == [t["name"] for t in TARGETS]
+        for target, output in zip(TARGETS, record["outputs"], strict=True):
+            data = httpx.get(output["url"], timeout=30).content
+            with Image.open(io.BytesIO(data)) as image:
+                assert image.format == FORMATS[target["format"]], (path.name, target["name"])
+                assert image.size == expected_size(width, height, target), (path.name, target["name"])
+                assert (output["width"], output["height"]) == image.size
+                assert output["bytes"] == len(data)
+            assert output["path"].startswith(f"results/{NAMESPACE}/{name}/")
+        if path.parent.name == "orientation":  # auto-rotated: landscapes stay landscape, portraits portrait
+            medium = record["outputs"][1]
+            landscape = medium["width"] > medium["height"]
+            assert landscape == path.name.startswith("Landscape"), (path.name, medium)
+
+    # The ResizeJob tells the same story, bounded, with standard conditions.
+    resizejob = platform.resizejob(name)
+    status = resizejob["status"]
+    accepted = len(good) + 2  # broken.png and the truncated JPEG reach the resizer; 3 are rejected at upload
+    assert body["phase"] == status["phase"] == "PartiallyFailed"
+    assert (status["total"], status["succeeded"], status["failed"]) == (accepted, len(good), 2)
+    assert status["progress"] == f"{accepted}/{accepted}"
+    assert status["observedGeneration"] == resizejob["metadata"]["generation"]
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Complete"]["status"] == "True" and conditions["Complete"]["reason"] == "PartiallyFailed"
+    assert conditions["Progressing"]["status"] == "False"
+    assert {f["source"].split("/")[-1].split(".")[0] for f in status["failures"]} <= {
+        f["source"].split("/")[-1].split(".")[0] for f in body["files"] if f["status"] == "failed"}
+    assert len(status["failures"]) == 2 and all(f["reason"] for f in status["failures"])
+    assert status["completionTime"] >= status["startTime"]
+
+    # Exactly one Job, owned by the ResizeJob, with the secret only referenced.
+    jobs = platform.batch.list_namespaced_job(NAMESPACE, label_selector=f"kresize.dev/resizejob={name}").items
+    assert [j.metadata.name for j in jobs] == [status["jobName"]]
+    (owner,) = jobs[0].metadata.owner_references
+    assert (owner.kind, owner.name, owner.uid) == ("ResizeJob", name, resizejob["metadata"]["uid"])
+    assert jobs[0].spec.completion_mode == "Indexed" and jobs[0].spec.completions == status["shards"]
+
+
+def test_kubectl_style_resizejob_over_a_prefix(platform, corpus):
+    """A ResizeJob created directly (as `kubectl apply` does) over originals already in S3."""
+    photos = sorted((corpus / "photos").glob("*.jpg"))
+    for path in photos:
+        platform.s3.fput_object(BUCKET, f"samples/kubectl/{path.name}", str(path))
+    name = "kubectl-thumbs"
+    platform.custom.create_namespaced_custom_object("kresize.dev", "v1alpha1", NAMESPACE, "resizejobs", {
+        "apiVersion": "kresize.dev/v1alpha1", "kind": "ResizeJob", "metadata": {"name": name},
+        "spec": {"source": {"prefix": "samples/kubectl/"},
+                 "targets": [{"name": "small", "width": 160, "format": "avif", "upscale": False}],
+                 "operations": {"grayscale": True},
+                 "output": {"prefix": "out/kubectl/"}},
+    })
+    status = wait_for(lambda: (platform.resizejob(name).get("status") or {}).get("phase") in TERMINAL
+                      and platform.resizejob(name)["status"], 240, message=f"{name} to finish")
+    assert status["phase"] == "Succeeded", status
+    assert (status["total"], status["succeeded"], status["failed"]) == (len(photos), len(photos), 0)
+    for path in photos:
+        data = platform.s3.get_object(BUCKET, f"out/kubectl/{path.stem}/small.avif").read()
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = oriented_size(path)
+            assert image.format == "AVIF"
+            assert image.size == (min(160, width), round(height * min(160, width) / width))
+            pixels = image.convert("RGB").resize((8, 8)).getdata()
+            assert all(abs(r - g) <= 3 and abs(g - b) <= 3 for r, g, b in pixels)  # grayscale
+
+
+def test_operator_restart_mid_job_neither_duplicates_nor_loses(platform, corpus):
+    sources = sorted((corpus / "orientation").glob("*.jpg"))
+    keys = []
+    for copy in range(3):
+        for path in sources:
+            key = f"samples/restart/{copy}/{path.name}"
+            platform.s3.fput_object(BUCKET, key, str(path))
+            keys.append(key)
+    name = "restart"
+    platform.custom.create_namespaced_custom_object("kresize.dev", "v1alpha1", NAMESPACE, "resizejobs", {
+        "apiVersion": "kresize.dev/v1alpha1", "kind": "ResizeJob", "metadata": {"name": name},
+        "spec": {"source": {"prefix": "samples/restart/"}, "parallelism": 2,
+                 "targets": [{"name": "t", "width": 64, "height": 64, "format": "jpeg"}]},
+    })
+    wait_for(lambda: (platform.resizejob(name).get("status") or {}).get("phase") == "Running", 60,
+             message="Running")
+    platform.restart_operator()  # SIGKILL: no chance to write anything on the way out
+    time.sleep(1)
+    platform.restart_operator()  # and once more while it is starting up
+    status = wait_for(lambda: (platform.resizejob(name).get("status") or {}).get("phase") in TERMINAL
+                      and platform.resizejob(name)["status"], 300, message=f"{name} to finish")
+    assert status["phase"] == "Succeeded", status
+    assert (status["total"], status["succeeded"], status["failed"]) == (len(keys), len(keys), 0)
+    jobs = platform.batch.list_namespaced_job(NAMESPACE, label_selector=f"kresize.dev/resizejob={name}").items
+    assert len(jobs) == 1
+    outputs = [o.object_name for o in platform.s3.list_objects(
+        BUCKET, prefix=f"results/{NAMESPACE}/{name}/", recursive=True)]
+    assert sorted(outputs) == sorted(f"results/{NAMESPACE}/{name}/{k.removeprefix('samples/restart/')[:-4]}/t.jpg"
+                                     for k in keys)
+
+
+@pytest.mark.parametrize(
+    ("files", "fields", "status", "message"),
+    [
+        ([], {"width": "10"}, 400, "no files"),
+        ([("empty.jpg", b"")], {"width": "10"}, 400, "no uploaded file"),
+        ([("notes.jpg", b"hello, I am text")], {"width": "10"}, 415, "no uploaded file"),
+        ([("a.png", None)], {"width": "0"}, 422, "at least 1"),
+        ([("a.png", None)], {"width": "10", "fit": "squash"}, 422, "not one of"),
+        ([("a.png", None)], {}, 422, "width and/or height"),
+    ],
+)
+def test_bad_requests_get_clear_errors_and_create_nothing(platform, files, fields, status, message):
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, "PNG")
+    before = {j["metadata"]["name"] for j in platform.custom.list_namespaced_custom_object(
+        "kresize.dev", "v1alpha1", NAMESPACE, "resizejobs")["items"]}
+    multipart = [("files", (n, png.getvalue() if d is None else d, "image/png")) for n, d in files]
+    response = httpx.post(f"{platform.api_url}/v1/jobs", files=multipart or None, data=fields,
+                          timeout=30) if multipart else httpx.post(f"{platform.api_url}/v1/jobs", data=fields)
+    assert response.status_code == status, response.text
+    assert message in response.text
+    after = {j["metadata"]["name"] for j in platform.custom.list_namespaced_custom_object(
+        "kresize.dev", "v1alpha1", NAMESPACE, "resizejobs")["items"]}
+    assert after == before
+
+
+def test_unknown_job_is_404_and_list_shows_jobs(platform):
+    assert httpx.get(f"{platform.api_url}/v1/jobs/nope").status_code == 404
+    listing = httpx.get(f"{platform.api_url}/v1/jobs").json()["items"]
+    assert all({"name", "phase", "progress"} <= set(item) for item in listing)
+    assert httpx.get(f"{platform.api_url}/readyz").json() == {"status": "ready"}
