@@ -1,0 +1,81 @@
+"""`kresize-resizer local`: the cluster pipeline on a folder, no cluster and no S3."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kresize_common.config import ImageLimits
+from kresize_common.spec import Operations, Target, normalize_spec
+
+from .pipeline import ImageError, make_record, render
+
+log = logging.getLogger("kresize.resizer")
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    """Targets and operations of a ResizeJob manifest (YAML or JSON), defaulted and validated.
+    Raises OSError, yaml.YAMLError or SpecError."""
+    document = yaml.safe_load(path.read_text())
+    spec = dict((document or {}).get("spec") or {}) if isinstance(document, dict) else {}
+    spec.setdefault("source", {"prefix": "local/"})  # not used locally
+    return normalize_spec(spec)
+
+
+def safe_stem(name: str) -> str | None:
+    """A file's stem as one path component, or None when it cannot be one."""
+    stem = Path(name).stem
+    if not stem or stem in (".", "..") or "/" in stem or "\\" in stem or "\x00" in stem:
+        return None
+    return stem
+
+
+def input_files(folder: Path) -> list[Path]:
+    """Regular, non-hidden files directly in `folder`; symlinks only when they stay inside it."""
+    root = folder.resolve()
+    files = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        if path.is_symlink() and root not in path.resolve().parents:
+            log.warning("skipping %s: a link outside the input folder", path.name)
+            continue
+        files.append(path)
+    return files
+
+
+def run_local(spec: dict[str, Any], input_dir: Path, output_dir: Path, limits: ImageLimits) -> list[dict]:
+    targets = [Target.from_dict(t) for t in spec["targets"]]
+    operations = Operations.from_dict(spec.get("operations"))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    records: list[dict] = []
+    used_stems: set[str] = set()
+    for path in input_files(input_dir):
+        stem = safe_stem(path.name)
+        if stem is None:
+            records.append(make_record(path.name, None, "file name cannot be used as an output folder"))
+            continue
+        if stem in used_stems:  # a.jpg and a.png would write the same outputs: the first one wins
+            records.append(make_record(path.name, None, f"another input already produced outputs for {stem!r}"))
+            continue
+        try:
+            rendered = render(path.read_bytes(), targets, operations, limits)
+        except ImageError as error:
+            records.append(make_record(path.name, None, str(error)))
+            log.info("failed %s: %s", path.name, error)
+            continue
+        used_stems.add(stem)
+        (output_dir / stem).mkdir(exist_ok=True)
+        outputs = []
+        for variant in rendered:
+            relative = f"{stem}/{variant.target}.{variant.extension}"
+            (output_dir / relative).write_bytes(variant.data)
+            outputs.append({"target": variant.target, "path": relative, "width": variant.width,
+                            "height": variant.height, "format": variant.format, "bytes": len(variant.data)})
+        records.append(make_record(path.name, outputs, None))
+        log.info("resized %s into %d variants", path.name, len(outputs))
+    (output_dir / "results.json").write_text(json.dumps(records, indent=2) + "\n")
+    return records
