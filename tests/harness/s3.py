@@ -76,7 +76,7 @@ class S3Server:
             try:
                 client.list_buckets()
                 return self
-            except Exception as error:  # noqa: BLE001 - not up yet; any error means retry
+            except Exception as error:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(f"S3 not ready after {timeout}s ({error}):\n{self.tail()}") from error

@@ -1,0 +1,251 @@
+"""A stand-in for the batch/v1 Job controller and the kubelet, for Indexed Jobs, with no cluster.
+
+It watches Jobs through the (emulated) apiserver and runs each completion index as a local process
+playing the pod: the container's command (or the image's entrypoint) and args, with the env a pod would
+get (`value`, `secretKeyRef` read from the Secret, the completion-index fieldRef, and JOB_COMPLETION_INDEX).
+It honours parallelism (re-read on every pass, as the operator lowers it), completions,
+backoffLimitPerIndex, backoffLimit, maxFailedIndexes and activeDeadlineSeconds, and writes Job status
+through the status subresource the way batch/v1 does: startTime, active, ready, succeeded, failed,
+completedIndexes/failedIndexes as ranges, and SuccessCriteriaMet+Complete or FailureTarget+Failed
+conditions with their reasons. Lowering parallelism below the running count lets running pods finish,
+as the real controller does for Indexed Jobs it does not need to scale down abruptly.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import contextlib
+import datetime
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+
+DEFAULT_ENTRYPOINTS = {"": ["kresize-resizer"]}  # image prefix -> entrypoint; "" matches any image
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+
+def compress(indexes: set[int]) -> str:
+    parts, ordered = [], sorted(indexes)
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class _JobState:
+    name: str
+    started: float = field(default_factory=time.monotonic)
+    start_time: str = field(default_factory=_now)
+    running: dict[int, subprocess.Popen] = field(default_factory=dict)
+    completed: set[int] = field(default_factory=set)
+    failed_indexes: set[int] = field(default_factory=set)
+    failures: collections.Counter = field(default_factory=collections.Counter)
+    failed_pods: int = 0
+    finished: bool = False
+    last_status: dict[str, Any] | None = None
+
+
+class JobRunner:
+    def __init__(self, kubeconfig: Path, namespace: str, log_dir: Path, entrypoints: dict[str, list[str]] | None = None,
+                 interval: float = 0.2):
+        self.api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+        self.batch = kubernetes.client.BatchV1Api(self.api)
+        self.core = kubernetes.client.CoreV1Api(self.api)
+        self.namespace = namespace
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.entrypoints = entrypoints or DEFAULT_ENTRYPOINTS
+        self.interval = interval
+        self.started: collections.Counter[tuple[str, int]] = collections.Counter()
+        self.max_running: collections.Counter[str] = collections.Counter()
+        self._jobs: dict[str, _JobState] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
+        self.errors: list[str] = []
+
+    def start(self) -> JobRunner:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        with self._lock:
+            for state in self._jobs.values():
+                for proc in state.running.values():
+                    self._kill(proc)
+
+    def kill_index(self, job_name: str, index: int) -> bool:
+        """SIGKILL the process of a running index, as when a pod is deleted; the index is then retried."""
+        with self._lock:
+            for state in self._jobs.values():
+                if state.name == job_name and index in state.running:
+                    self._kill(state.running[index])
+                    return True
+        return False
+
+    def running(self, job_name: str) -> list[int]:
+        with self._lock:
+            return sorted(i for s in self._jobs.values() if s.name == job_name for i in s.running)
+
+    def logs(self, job_name: str, index: int) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob(f"{job_name}-{index}-*.log")))
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._pass()
+            except Exception as error:  # noqa: BLE001 - keep playing the controller; record for debugging
+                self.errors.append(f"{type(error).__name__}: {error}")
+            self._stop.wait(self.interval)
+
+    def _pass(self) -> None:
+        jobs = self.batch.list_namespaced_job(self.namespace).items
+        seen = set()
+        with self._lock:
+            for job in jobs:
+                if job.spec.completion_mode != "Indexed" or job.spec.suspend:
+                    continue
+                seen.add(job.metadata.uid)
+                state = self._jobs.setdefault(job.metadata.uid, _JobState(job.metadata.name))
+                if not state.finished:
+                    self._step(job, state)
+            for uid in set(self._jobs) - seen:  # deleted Jobs: their pods go too
+                for proc in self._jobs.pop(uid).running.values():
+                    self._kill(proc)
+
+    def _step(self, job: Any, state: _JobState) -> None:
+        spec = job.spec
+        completions = spec.completions or 1
+        per_index = spec.backoff_limit_per_index
+        for index, proc in list(state.running.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del state.running[index]
+            if code == 0:
+                state.completed.add(index)
+                continue
+            state.failed_pods += 1
+            state.failures[index] += 1
+            if per_index is not None and state.failures[index] > per_index:
+                state.failed_indexes.add(index)
+
+        failure: tuple[str, str] | None = None
+        if spec.active_deadline_seconds and time.monotonic() - state.started > spec.active_deadline_seconds:
+            failure = ("DeadlineExceeded", "Job was active longer than specified deadline")
+        elif per_index is None and state.failed_pods > (spec.backoff_limit if spec.backoff_limit is not None else 6):
+            failure = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+        elif spec.max_failed_indexes is not None and len(state.failed_indexes) > spec.max_failed_indexes:
+            failure = ("MaxFailedIndexesExceeded", "Job has exceeded the specified maximal number of failed indexes")
+        if failure:
+            for proc in state.running.values():
+                self._kill(proc)
+            state.running.clear()
+        else:
+            pending = [i for i in range(completions)
+                       if i not in state.completed and i not in state.failed_indexes and i not in state.running]
+            parallelism = spec.parallelism if spec.parallelism is not None else 1
+            while pending and len(state.running) < parallelism:
+                index = pending.pop(0)
+                state.running[index] = self._spawn(job, index)
+            self.max_running[state.name] = max(self.max_running[state.name], len(state.running))
+            if not state.running and len(state.completed | state.failed_indexes) >= completions and \
+                    state.failed_indexes:
+                failure = ("FailedIndexes", "Job has failed indexes")
+
+        status: dict[str, Any] = {
+            "startTime": state.start_time, "active": len(state.running), "ready": len(state.running),
+            "succeeded": len(state.completed), "failed": state.failed_pods,
+            "completedIndexes": compress(state.completed), "failedIndexes": compress(state.failed_indexes)
+            if per_index is not None else None,
+        }
+        now = _now()
+        if failure:
+            reason, message = failure
+            status["conditions"] = [
+                {"type": "FailureTarget", "status": "True", "reason": reason, "message": message,
+                 "lastProbeTime": now, "lastTransitionTime": now},
+                {"type": "Failed", "status": "True", "reason": reason, "message": message,
+                 "lastProbeTime": now, "lastTransitionTime": now},
+            ]
+            state.finished = True
+        elif len(state.completed) >= completions:
+            status["conditions"] = [
+                {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
+                 "message": "Reached expected number of succeeded pods", "lastProbeTime": now,
+                 "lastTransitionTime": now},
+                {"type": "Complete", "status": "True", "reason": "CompletionsReached",
+                 "message": "Reached expected number of succeeded pods", "lastProbeTime": now,
+                 "lastTransitionTime": now},
+            ]
+            status["completionTime"] = now
+            state.finished = True
+        if status != state.last_status:
+            self.batch.patch_namespaced_job_status(job.metadata.name, self.namespace, {"status": status})
+            state.last_status = status
+
+    def _env(self, container: Any, job: Any, index: int) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV")}
+        env.update({"HOME": "/tmp", "TMPDIR": "/tmp", "HOSTNAME": f"{job.metadata.name}-{index}"})
+        for source in container.env_from or []:
+            if source.secret_ref:
+                secret = self.core.read_namespaced_secret(source.secret_ref.name, self.namespace)
+                env.update({k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()})
+        for var in container.env or []:
+            if var.value is not None:
+                env[var.name] = var.value
+            elif var.value_from and var.value_from.secret_key_ref:
+                ref = var.value_from.secret_key_ref
+                try:
+                    data = self.core.read_namespaced_secret(ref.name, self.namespace).data or {}
+                except kubernetes.client.ApiException:
+                    data = {}
+                if ref.key in data:
+                    env[var.name] = base64.b64decode(data[ref.key]).decode()
+                elif not ref.optional:
+                    raise RuntimeError(f"secret {ref.name}/{ref.key} missing (the pod would not start)")
+            elif var.value_from and var.value_from.field_ref:
+                path = var.value_from.field_ref.field_path
+                env[var.name] = {"metadata.namespace": self.namespace, "metadata.name": f"{job.metadata.name}-{index}",
+                                 f"metadata.annotations['{INDEX_ANNOTATION}']": str(index)}.get(path, "")
+        env["JOB_COMPLETION_INDEX"] = str(index)
+        return env
+
+    def _spawn(self, job: Any, index: int) -> subprocess.Popen:
+        container = job.spec.template.spec.containers[0]
+        command = container.command or next(
+            entry for prefix, entry in sorted(self.entrypoints.items(), reverse=True)
+            if container.image.startswith(prefix))
+        self.started[(job.metadata.name, index)] += 1
+        attempt = self.started[(job.metadata.name, index)]
+        log = (self.log_dir / f"{job.metadata.name}-{index}-{attempt}.log").open("wb")
+        proc = subprocess.Popen([*command, *(container.args or [])], env=self._env(container, job, index),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        return proc
