@@ -21,6 +21,7 @@ from harness.jobs import JobRunner
 from harness.kube import start_emulator
 from harness.procs import Program, free_port, program
 from harness.s3 import start_s3
+from kresize_common.s3 import ensure_bucket
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
@@ -114,6 +115,7 @@ def platform(s3_server, kube, tmp_path_factory) -> Platform:
         "data": {"accessKey": base64.b64encode(s3_server.access_key.encode()).decode(),
                  "secretKey": base64.b64encode(s3_server.secret_key.encode()).decode()},
     })
+    ensure_bucket(s3_server.client(), BUCKET)  # what an installed system has after its first upload
     runner = JobRunner(kubeconfig=kubeconfig, namespace=NAMESPACE, log_dir=logs / "pods")
     runner.start()
     env = component_env(s3_server, kubeconfig)
