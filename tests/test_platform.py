@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import kubernetes
 import pytest
 from conftest import BUCKET, NAMESPACE
 from harness.procs import wait_for
@@ -214,3 +215,65 @@ def test_unknown_job_is_404_and_list_shows_jobs(platform):
     listing = httpx.get(f"{platform.api_url}/v1/jobs").json()["items"]
     assert all({"name", "phase", "progress"} <= set(item) for item in listing)
     assert httpx.get(f"{platform.api_url}/readyz").json() == {"status": "ready"}
+
+
+def create_resizejob(platform, name: str, spec: dict) -> None:
+    platform.custom.create_namespaced_custom_object("kresize.dev", "v1alpha1", NAMESPACE, "resizejobs", {
+        "apiVersion": "kresize.dev/v1alpha1", "kind": "ResizeJob", "metadata": {"name": name}, "spec": spec})
+
+
+def wait_phase(platform, name: str, phases: set[str], timeout: float = 240) -> dict:
+    return wait_for(lambda: (platform.resizejob(name).get("status") or {}).get("phase") in phases
+                    and platform.resizejob(name)["status"], timeout, message=f"{name} to reach {phases}")
+
+
+def test_killed_resizer_pod_is_retried_and_parallelism_follows_the_work(platform, corpus):
+    sources = sorted((corpus / "orientation").glob("*.jpg"))
+    for copy in range(3):
+        for path in sources:
+            platform.s3.fput_object(BUCKET, f"samples/podkill/{copy}/{path.name}", str(path))
+    name = "podkill"
+    create_resizejob(platform, name, {"source": {"prefix": "samples/podkill/"}, "parallelism": 5,
+                                      "targets": [{"name": "t", "width": 300, "format": "webp"}]})
+    status = wait_phase(platform, name, {"Running", *TERMINAL}, 60)
+    job_name = status["jobName"]
+    assert status["shards"] == 7 and status["parallelism"] == 2  # min(7 shards, spec 5, operator cap 2)
+    victim = wait_for(lambda: platform.runner.running(job_name), 60, interval=0.05, message="a running pod")[0]
+    assert platform.runner.kill_index(job_name, victim)
+
+    status = wait_phase(platform, name, TERMINAL)
+    assert status["phase"] == "Succeeded", status
+    assert (status["succeeded"], status["failed"]) == (len(sources) * 3, 0)
+    assert platform.runner.started[(job_name, victim)] == 2  # the killed index ran again, once
+    job = platform.batch.read_namespaced_job(job_name, NAMESPACE)
+    assert job.status.failed == 1 and job.status.completed_indexes == "0-6"
+    assert platform.runner.max_running[job_name] <= 2
+    assert job.spec.parallelism == 1  # lowered as the remaining shards fell below the cap
+
+
+def test_missing_output_bucket_fails_fast_with_a_reason(platform, corpus):
+    platform.s3.fput_object(BUCKET, "samples/nobucket/a.jpg", str(corpus / "photos" / "DSCN0010.jpg"))
+    create_resizejob(platform, "nobucket", {"source": {"prefix": "samples/nobucket/"},
+                                            "output": {"bucket": "does-not-exist"},
+                                            "targets": [{"name": "t", "width": 10}]})
+    status = wait_phase(platform, "nobucket", TERMINAL, 60)
+    assert status["phase"] == "Failed"
+    failed = {c["type"]: c for c in status["conditions"]}["Failed"]
+    assert failed["reason"] == "SourceNotFound" and "does-not-exist" in failed["message"]
+    assert platform.batch.list_namespaced_job(NAMESPACE, label_selector="kresize.dev/resizejob=nobucket").items == []
+
+
+def test_spec_is_immutable_and_invalid_specs_are_refused(platform):
+    create_resizejob(platform, "immutable", {"source": {"prefix": "samples/none/"},
+                                             "targets": [{"name": "t", "width": 10}]})
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        platform.custom.patch_namespaced_custom_object("kresize.dev", "v1alpha1", NAMESPACE, "resizejobs",
+                                                       "immutable", {"spec": {"parallelism": 3}})
+    assert refused.value.status == 422 and "immutable" in refused.value.body
+    with pytest.raises(kubernetes.client.ApiException) as invalid:
+        create_resizejob(platform, "invalid", {"source": {"prefix": "x/"},
+                                               "targets": [{"name": "t", "width": 0, "fit": "squash"}]})
+    assert invalid.value.status == 422 and "width" in invalid.value.body and "fit" in invalid.value.body
+    status = wait_phase(platform, "immutable", TERMINAL, 60)  # nothing under the prefix
+    assert status["phase"] == "Failed"
+    assert "no images found" in {c["type"]: c for c in status["conditions"]}["Failed"]["message"]

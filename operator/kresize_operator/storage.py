@@ -57,6 +57,8 @@ def ensure_plan(
     if existing is not None:
         return ShardPlan(total=existing["total"], shard_size=existing["shardSize"], shards=existing["shards"])
     ensure_bucket(client, bucket)
+    if not client.bucket_exists(placement.output_bucket):
+        raise PermanentSourceError(f"output bucket {placement.output_bucket!r} does not exist")
     keys = list_source_keys(client, placement.source_bucket, spec["source"])
     if not keys:
         where = f"s3://{placement.source_bucket}/{spec['source'].get('prefix', '')}"
