@@ -1,0 +1,193 @@
+"""kresize on a real cluster: kubectl apply, the HTTP API, restarts, pod deletion and RBAC."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from conftest import CORPUS, REPO
+from kresize_common import layout
+from kresize_common.spec import Target, normalize_spec
+from kresize_resizer.pipeline import output_size
+from PIL import Image
+
+pytestmark = pytest.mark.e2e
+TERMINAL = {"Succeeded", "PartiallyFailed", "Failed"}
+EXAMPLES = REPO / "manifests" / "examples"
+FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "AVIF": "avif", "MPO": "jpeg"}
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 2.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def wait_finished(cluster, name: str, timeout: float = 600) -> dict:
+    return wait_for(lambda: (cluster.resizejob(name).get("status") or {}).get("phase") in TERMINAL
+                    and cluster.resizejob(name)["status"], timeout, f"ResizeJob {name} to finish")
+
+
+def oriented_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        w, h = image.size
+        return (h, w) if image.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)
+
+
+def upload_samples(cluster, prefix: str, paths: list[Path]) -> None:
+    for path in paths:
+        cluster.s3.fput_object(cluster.bucket, f"{prefix}{path.name}", str(path))
+
+
+def delete_resizejob(cluster, name: str) -> None:
+    cluster.kubectl("delete", "resizejob", name, "--ignore-not-found", "--wait=true", check=False)
+
+
+@pytest.mark.parametrize("example", ["thumbnails", "webp-avif", "multi-target", "grayscale-blur"])
+def test_kubectl_apply_example(cluster, example):
+    photos = sorted((CORPUS / "photos").glob("*.jpg"))
+    upload_samples(cluster, "samples/", photos)
+    manifest = yaml.safe_load((EXAMPLES / f"{example}.yaml").read_text())
+    name = manifest["metadata"]["name"]
+    delete_resizejob(cluster, name)
+    cluster.kubectl("apply", "-f", str(EXAMPLES / f"{example}.yaml"))
+    try:
+        status = wait_finished(cluster, name)
+        assert status["phase"] == "Succeeded", status
+        assert status["succeeded"] == status["total"] >= len(photos)
+        spec = normalize_spec(manifest["spec"])
+        out_prefix = status["results"]["outputPrefix"]
+        for path in photos:
+            width, height = oriented_size(path)
+            for raw in spec["targets"]:
+                target = Target.from_dict(raw)
+                fmt = target.format if target.format != "original" else "jpeg"
+                key = layout.output_key(out_prefix, path.stem, target.name, layout.FORMAT_EXTENSIONS[fmt])
+                data = cluster.s3.get_object(status["results"]["outputBucket"], key).read()
+                with Image.open(io.BytesIO(data)) as image:
+                    assert image.size == output_size(width, height, target), (path.name, target.name)
+                    assert FORMATS[image.format] == fmt, (path.name, target.name)
+    finally:
+        delete_resizejob(cluster, name)
+
+
+def test_invalid_example_is_refused(cluster):
+    result = cluster.kubectl("apply", "-f", str(EXAMPLES / "invalid.yaml"), check=False)
+    assert result.returncode != 0
+    assert "width" in result.stderr and "fit" in result.stderr, result.stderr
+
+
+def test_upload_through_the_api(cluster):
+    good = sorted((CORPUS / "photos").glob("*.jpg")) + sorted((CORPUS / "orientation").glob("*.jpg"))
+    bad = sorted((CORPUS / "bad").iterdir())
+    targets = [{"name": "thumb", "width": 200, "height": 200, "format": "webp"},
+               {"name": "medium", "width": 800, "height": 800, "fit": "inside", "format": "jpeg"}]
+    files = [("files", (p.name, p.read_bytes())) for p in good + bad]
+    response = httpx.post(f"{cluster.api_url}/v1/jobs", files=files, data={"targets": json.dumps(targets)},
+                          timeout=300)
+    assert response.status_code == 202, response.text
+    name = response.json()["name"]
+    try:
+        body = wait_for(lambda: (b := httpx.get(f"{cluster.api_url}/v1/jobs/{name}", timeout=60).json())["phase"]
+                        in TERMINAL and b, 600, f"upload job {name}")
+        assert body["phase"] == "PartiallyFailed"
+        by_name = {f["filename"]: f for f in body["files"]}
+        for path in bad:
+            assert by_name[path.name]["status"] == "failed" and by_name[path.name]["error"]
+        for path in good:
+            entry = by_name[path.name]
+            assert entry["status"] == "succeeded", entry
+            medium = entry["outputs"][1]
+            data = httpx.get(medium["url"], timeout=60).content  # the presigned link works from outside
+            with Image.open(io.BytesIO(data)) as image:
+                assert image.size == (medium["width"], medium["height"])
+        assert body["progress"]["succeeded"] == len(good)
+    finally:
+        delete_resizejob(cluster, name)
+
+
+def big_job(cluster, name: str, copies: int = 4) -> int:
+    sources = sorted((CORPUS / "orientation").glob("*.jpg")) + sorted((CORPUS / "photos").glob("*.jpg"))
+    for copy in range(copies):
+        upload_samples(cluster, f"e2e/{name}/{copy}/", sources)
+    delete_resizejob(cluster, name)
+    cluster.custom.create_namespaced_custom_object("kresize.dev", "v1alpha1", cluster.namespace, "resizejobs", {
+        "apiVersion": "kresize.dev/v1alpha1", "kind": "ResizeJob", "metadata": {"name": name},
+        "spec": {"source": {"prefix": f"e2e/{name}/"}, "parallelism": 2,
+                 "targets": [{"name": "t", "width": 1024, "format": "avif"}]}})
+    return len(sources) * copies
+
+
+def test_operator_killed_mid_job(cluster):
+    name = "e2e-operator-restart"
+    total = big_job(cluster, name)
+    try:
+        wait_for(lambda: (cluster.resizejob(name).get("status") or {}).get("phase") == "Running", 180, "Running")
+        pods = cluster.core.list_namespaced_pod(cluster.namespace,
+                                                label_selector="app.kubernetes.io/component=operator").items
+        assert pods, "no operator pod found"
+        for pod in pods:
+            cluster.core.delete_namespaced_pod(pod.metadata.name, cluster.namespace, grace_period_seconds=0)
+        status = wait_finished(cluster, name)
+        assert status["phase"] == "Succeeded", status
+        assert (status["total"], status["succeeded"], status["failed"]) == (total, total, 0)
+        jobs = cluster.batch.list_namespaced_job(cluster.namespace, label_selector=f"kresize.dev/resizejob={name}")
+        assert len(jobs.items) == 1
+        keys = [o.object_name for o in cluster.s3.list_objects(cluster.bucket, prefix=status["results"]["outputPrefix"],
+                                                                recursive=True)]
+        assert len(keys) == len(set(keys)) == total
+    finally:
+        delete_resizejob(cluster, name)
+
+
+def test_resizer_pod_deleted_mid_job(cluster):
+    name = "e2e-pod-deleted"
+    total = big_job(cluster, name)
+    try:
+        selector = f"kresize.dev/resizejob={name}"
+        pod = wait_for(lambda: [p for p in cluster.core.list_namespaced_pod(cluster.namespace, label_selector=selector)
+                                .items if p.status.phase == "Running"], 300, "a running resizer pod", 0.5)[0]
+        cluster.core.delete_namespaced_pod(pod.metadata.name, cluster.namespace, grace_period_seconds=0)
+        status = wait_finished(cluster, name)
+        assert status["phase"] == "Succeeded", status
+        assert status["succeeded"] == total
+        job = cluster.batch.read_namespaced_job(status["jobName"], cluster.namespace)
+        assert (job.status.failed or 0) >= 1  # the deleted pod counted as a failed attempt, then retried
+    finally:
+        delete_resizejob(cluster, name)
+
+
+ALLOWED = {
+    "kresize-operator": [("create", "jobs.batch"), ("patch", "resizejobs.kresize.dev/status"),
+                         ("watch", "resizejobs.kresize.dev"), ("create", "events"), ("get", "secrets/kresize-s3")],
+    "kresize-api": [("create", "resizejobs.kresize.dev"), ("get", "resizejobs.kresize.dev"),
+                    ("list", "resizejobs.kresize.dev"), ("watch", "resizejobs.kresize.dev")],
+    "kresize-resizer": [],
+}
+DENIED = {
+    "kresize-operator": [("delete", "pods"), ("list", "secrets"), ("create", "deployments.apps")],
+    "kresize-api": [("delete", "resizejobs.kresize.dev"), ("create", "jobs.batch"), ("get", "secrets")],
+    "kresize-resizer": [("get", "pods"), ("list", "resizejobs.kresize.dev"), ("get", "secrets"),
+                        ("create", "events")],
+}
+
+
+@pytest.mark.parametrize("account", sorted(ALLOWED))
+def test_rbac_least_privilege(cluster, account):
+    who = f"system:serviceaccount:{cluster.namespace}:{account}"
+    for verb, resource in ALLOWED[account]:
+        result = cluster.kubectl("auth", "can-i", verb, resource, f"--as={who}", check=False)
+        assert result.stdout.strip() == "yes", f"{account} should be able to {verb} {resource}"
+    for verb, resource in DENIED[account]:
+        result = cluster.kubectl("auth", "can-i", verb, resource, f"--as={who}", check=False)
+        assert result.stdout.strip() == "no", f"{account} must not be able to {verb} {resource}"
