@@ -92,6 +92,10 @@ class Platform:
         return kubernetes.client.CustomObjectsApi(self.api)
 
     @property
+    def core(self) -> kubernetes.client.CoreV1Api:
+        return kubernetes.client.CoreV1Api(self.api)
+
+    @property
     def batch(self) -> kubernetes.client.BatchV1Api:
         return kubernetes.client.BatchV1Api(self.api)
 

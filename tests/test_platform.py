@@ -118,6 +118,9 @@ def test_upload_to_status_with_good_and_bad_images(platform, corpus):
     assert len(status["failures"]) == 1 and all(f["reason"] for f in status["failures"])
     assert status["completionTime"] >= status["startTime"]
 
+    events = platform.core.list_namespaced_event(NAMESPACE, field_selector=f"involvedObject.name={name}").items
+    assert {"JobCreated", "PartiallyFailed"} <= {e.reason for e in events}
+
     # Exactly one Job, owned by the ResizeJob, with the secret only referenced.
     jobs = platform.batch.list_namespaced_job(NAMESPACE, label_selector=f"kresize.dev/resizejob={name}").items
     assert [j.metadata.name for j in jobs] == [status["jobName"]]
