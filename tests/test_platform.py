@@ -238,12 +238,19 @@ def test_killed_resizer_pod_is_retried_and_parallelism_follows_the_work(platform
     name = "podkill"
     create_resizejob(platform, name, {"source": {"prefix": "samples/podkill/"}, "parallelism": 5,
                                       "targets": [{"name": "t", "width": 300, "format": "webp"}]})
+    job_name = f"{name}-resize"
+    platform.runner.hold(job_name, 6)  # the last shard's pod stays pending until released
     status = wait_phase(platform, name, {"Running", *TERMINAL}, 60)
-    job_name = status["jobName"]
+    assert status["jobName"] == job_name
     assert status["shards"] == 7 and status["parallelism"] == 2  # min(7 shards, spec 5, operator cap 2)
     victim = wait_for(lambda: platform.runner.running(job_name), 60, interval=0.05, message="a running pod")[0]
     assert platform.runner.kill_index(job_name, victim)
 
+    # Six shards done, one left: the operator lowers the Job's parallelism to what remains.
+    wait_for(lambda: platform.batch.read_namespaced_job(job_name, NAMESPACE).spec.parallelism == 1, 120,
+             message="parallelism lowered to 1")
+    assert platform.resizejob(name)["status"]["parallelism"] == 1
+    platform.runner.release(job_name, 6)
     status = wait_phase(platform, name, TERMINAL)
     assert status["phase"] == "Succeeded", status
     assert (status["succeeded"], status["failed"]) == (len(sources) * 3, 0)
@@ -251,7 +258,6 @@ def test_killed_resizer_pod_is_retried_and_parallelism_follows_the_work(platform
     job = platform.batch.read_namespaced_job(job_name, NAMESPACE)
     assert job.status.failed == 1 and job.status.completed_indexes == "0-6"
     assert platform.runner.max_running[job_name] <= 2
-    assert job.spec.parallelism == 1  # lowered as the remaining shards fell below the cap
 
 
 def test_missing_output_bucket_fails_fast_with_a_reason(platform, corpus):

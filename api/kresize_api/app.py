@@ -10,6 +10,7 @@ import urllib3
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from kresize_common import layout
+from kresize_common.kube import kube_client
 from kresize_common.s3 import ensure_bucket, make_client, object_exists, put_bytes
 from kresize_common.spec import SpecError
 from minio import Minio
@@ -40,7 +41,7 @@ def create_app(
         "Upload images with resize parameters; kresize runs them as a ResizeJob on Kubernetes."))
     s3 = s3 or make_client(settings.s3)
     public_s3 = make_client(settings.s3, endpoint=settings.s3.public_endpoint)
-    resize_jobs = jobs.ResizeJobs(kube or jobs.kube_client(), settings.namespace, settings.kube_timeout_seconds)
+    resize_jobs = jobs.ResizeJobs(kube or kube_client(), settings.namespace, settings.kube_timeout_seconds)
     bucket = settings.s3.bucket
 
     @app.middleware("http")

@@ -19,13 +19,6 @@ def new_job_name() -> str:
     return f"upload-{secrets.token_hex(4)}"
 
 
-def kube_client() -> kubernetes.client.ApiClient:
-    try:
-        kubernetes.config.load_incluster_config()
-        return kubernetes.client.ApiClient()
-    except kubernetes.config.ConfigException:
-        return kubernetes.config.new_client_from_config()
-
 
 class ResizeJobs:
     def __init__(self, api: kubernetes.client.ApiClient, namespace: str, timeout: float):

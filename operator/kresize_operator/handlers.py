@@ -18,6 +18,7 @@ from typing import Any
 import kopf
 import kubernetes
 from kresize_common import layout
+from kresize_common.kube import kube_client
 from kresize_common.s3 import make_client
 from kresize_common.spec import GROUP, PLURAL, VERSION, SpecError, normalize_spec
 from kubernetes.client.exceptions import ApiException
@@ -35,13 +36,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _kube_client() -> kubernetes.client.ApiClient:
-    try:
-        kubernetes.config.load_incluster_config()
-        return kubernetes.client.ApiClient()
-    except kubernetes.config.ConfigException:
-        return kubernetes.config.new_client_from_config()
-
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -54,7 +48,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
-    memo.batch = kubernetes.client.BatchV1Api(_kube_client())
+    memo.batch = kubernetes.client.BatchV1Api(kube_client())
     memo.s3 = make_client(CONFIG.s3)
 
 

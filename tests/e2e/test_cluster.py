@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 from conftest import CORPUS, REPO
+from harness.procs import wait_for
 from kresize_common import layout
 from kresize_common.spec import Target, normalize_spec
 from kresize_resizer.pipeline import output_size
@@ -22,20 +22,10 @@ EXAMPLES = REPO / "manifests" / "examples"
 FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "AVIF": "avif", "MPO": "jpeg"}
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 2.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-
 
 def wait_finished(cluster, name: str, timeout: float = 600) -> dict:
     return wait_for(lambda: (cluster.resizejob(name).get("status") or {}).get("phase") in TERMINAL
-                    and cluster.resizejob(name)["status"], timeout, f"ResizeJob {name} to finish")
+                    and cluster.resizejob(name)["status"], timeout, interval=2, message=f"ResizeJob {name} to finish")
 
 
 def oriented_size(path: Path) -> tuple[int, int]:
@@ -99,7 +89,7 @@ def test_upload_through_the_api(cluster):
     name = response.json()["name"]
     try:
         body = wait_for(lambda: (b := httpx.get(f"{cluster.api_url}/v1/jobs/{name}", timeout=60).json())["phase"]
-                        in TERMINAL and b, 600, f"upload job {name}")
+                        in TERMINAL and b, 600, interval=2, message=f"upload job {name}")
         assert body["phase"] == "PartiallyFailed"
         by_name = {f["filename"]: f for f in body["files"]}
         for path in bad:
@@ -132,7 +122,8 @@ def test_operator_killed_mid_job(cluster):
     name = "e2e-operator-restart"
     total = big_job(cluster, name)
     try:
-        wait_for(lambda: (cluster.resizejob(name).get("status") or {}).get("phase") == "Running", 180, "Running")
+        wait_for(lambda: (cluster.resizejob(name).get("status") or {}).get("phase") == "Running", 180,
+                 interval=2, message="Running")
         pods = cluster.core.list_namespaced_pod(cluster.namespace,
                                                 label_selector="app.kubernetes.io/component=operator").items
         assert pods, "no operator pod found"
@@ -155,8 +146,9 @@ def test_resizer_pod_deleted_mid_job(cluster):
     total = big_job(cluster, name)
     try:
         selector = f"kresize.dev/resizejob={name}"
-        pod = wait_for(lambda: [p for p in cluster.core.list_namespaced_pod(cluster.namespace, label_selector=selector)
-                                .items if p.status.phase == "Running"], 300, "a running resizer pod", 0.5)[0]
+        pods = cluster.core.list_namespaced_pod
+        pod = wait_for(lambda: [p for p in pods(cluster.namespace, label_selector=selector).items
+                                if p.status.phase == "Running"], 300, interval=0.5, message="a running resizer pod")[0]
         cluster.core.delete_namespaced_pod(pod.metadata.name, cluster.namespace, grace_period_seconds=0)
         status = wait_finished(cluster, name)
         assert status["phase"] == "Succeeded", status

@@ -76,6 +76,7 @@ class JobRunner:
         self.started: collections.Counter[tuple[str, int]] = collections.Counter()
         self.max_running: collections.Counter[str] = collections.Counter()
         self._jobs: dict[str, _JobState] = {}
+        self._held: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
@@ -92,6 +93,13 @@ class JobRunner:
             for state in self._jobs.values():
                 for proc in state.running.values():
                     self._kill(proc)
+
+    def hold(self, job_name: str, index: int) -> None:
+        """Do not start this index (like a pod that cannot be scheduled) until release()."""
+        self._held.add((job_name, index))
+
+    def release(self, job_name: str, index: int) -> None:
+        self._held.discard((job_name, index))
 
     def kill_index(self, job_name: str, index: int) -> bool:
         """SIGKILL the process of a running index, as when a pod is deleted; the index is then retried."""
@@ -169,14 +177,15 @@ class JobRunner:
             state.running.clear()
         else:
             pending = [i for i in range(completions)
-                       if i not in state.completed and i not in state.failed_indexes and i not in state.running]
+                       if i not in state.completed and i not in state.failed_indexes and i not in state.running
+                       and (state.name, i) not in self._held]
             parallelism = spec.parallelism if spec.parallelism is not None else 1
             while pending and len(state.running) < parallelism:
                 index = pending.pop(0)
                 state.running[index] = self._spawn(job, index)
             self.max_running[state.name] = max(self.max_running[state.name], len(state.running))
             if not state.running and len(state.completed | state.failed_indexes) >= completions and \
-                    state.failed_indexes:
+                    state.failed_indexes:  # held indexes are not done, so they never reach this
                 failure = ("FailedIndexes", "Job has failed indexes")
 
         status: dict[str, Any] = {
