@@ -8,7 +8,7 @@ import os
 import httpx
 import pytest
 from conftest import BUCKET, NAMESPACE, component_env
-from harness.procs import Program, free_port, program
+from harness.procs import Program, free_port, program, wait_for
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -64,3 +64,28 @@ def test_kubernetes_unreachable_leaves_no_orphans(platform, s3_server, kube, tmp
         assert ready.status_code == 503 and "kubernetes" in ready.json()["problems"]
     finally:
         api.stop()
+
+
+def test_operator_reports_unreachable_s3_and_retries(platform, s3_server, kube, tmp_path):
+    """An operator whose S3 is down keeps the job Pending with a condition that says why."""
+    env = component_env(s3_server, kube[1], KRESIZE_S3_ENDPOINT=f"127.0.0.1:{free_port()}",
+                        KRESIZE_NAMESPACE="s3down")
+    operator = Program([program("kresize-operator"), "--namespace", "s3down"], env, tmp_path / "operator.log").start()
+    try:
+        platform.custom.create_namespaced_custom_object("kresize.dev", "v1alpha1", "s3down", "resizejobs", {
+            "apiVersion": "kresize.dev/v1alpha1", "kind": "ResizeJob", "metadata": {"name": "waits"},
+            "spec": {"source": {"prefix": "x/"}, "targets": [{"name": "t", "width": 10}]}})
+
+        def pending():
+            status = platform.custom.get_namespaced_custom_object(
+                "kresize.dev", "v1alpha1", "s3down", "resizejobs", "waits").get("status") or {}
+            return status if status.get("phase") == "Pending" else None
+        status = wait_for(pending, 60, message=f"Pending\n{operator.tail()}")
+        (condition,) = status["conditions"]
+        assert (condition["type"], condition["status"], condition["reason"]) == ("Progressing", "False",
+                                                                                 "S3Unavailable")
+        assert "cannot prepare the work in S3" in condition["message"]
+        assert s3_server.secret_key not in operator.log.read_text()
+        assert platform.batch.list_namespaced_job("s3down").items == []
+    finally:
+        operator.stop()

@@ -10,6 +10,9 @@ labelSelector/fieldSelector on list and watch, watch resumption from a resourceV
 ownerReference garbage collection (background cascade), and for CRDs: structural pruning, defaulting and
 validation against the openAPIV3Schema (422 Invalid), list-type map/set uniqueness, and the CEL transition
 rule `self == oldSelf` (other CEL rules are not evaluated here; the real-cluster e2e suite covers them).
+
+Known gaps: kmock 0.8 cannot parse `POST /api/v1/namespaces` (namespaces cannot be created over HTTP; objects
+may live in any namespace without one), and `/apis/` with a trailing slash is not served.
 """
 
 from __future__ import annotations

@@ -1,0 +1,80 @@
+"""`kresize-resizer run`, the Job pod's program, against a real S3 server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import BUCKET
+from harness.procs import free_port
+from kresize_common import layout
+from kresize_common.s3 import ensure_bucket, put_json
+from PIL import Image
+
+WORK = "jobs/test/worker/uid-1/"
+
+
+def run_pod(s3_server, index: int, **env: str) -> subprocess.CompletedProcess[str]:
+    pod_env = {
+        "PATH": os.environ["PATH"], "HOME": "/tmp", "JOB_COMPLETION_INDEX": str(index), "KRESIZE_WORK_PREFIX": WORK,
+        "KRESIZE_S3_ENDPOINT": s3_server.endpoint, "KRESIZE_S3_ACCESS_KEY": s3_server.access_key,
+        "KRESIZE_S3_SECRET_KEY": s3_server.secret_key, "KRESIZE_S3_BUCKET": BUCKET, **env,
+    }
+    return subprocess.run([sys.executable, "-m", "kresize_resizer", "run"], env=pod_env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture
+def shard(s3_server, corpus):
+    client = s3_server.client()
+    ensure_bucket(client, BUCKET)
+    client.fput_object(BUCKET, "w/in/photo.jpg", str(corpus / "photos" / "DSCN0010.jpg"))
+    client.put_object(BUCKET, "w/in/bad.jpg", io.BytesIO(b"not an image"), 12)
+    put_json(client, BUCKET, layout.shard_key(WORK, 0), {
+        "index": 0, "sourceBucket": BUCKET, "outputBucket": BUCKET, "outputPrefix": "w/out/",
+        "targets": [{"name": "t", "width": 64, "height": 64, "fit": "cover", "format": "png"}], "operations": {},
+        "images": [{"key": "w/in/photo.jpg", "id": "photo"}, {"key": "w/in/bad.jpg", "id": "bad"},
+                   {"key": "w/in/gone.jpg", "id": "gone"}],
+    })
+    client.remove_object(BUCKET, layout.results_key(WORK, 0))
+    return client
+
+
+def test_a_shard_with_good_bad_and_missing_images(s3_server, shard):
+    result = run_pod(s3_server, 0)
+    assert result.returncode == 0, result.stderr
+    records = {r["source"]: r for r in json.loads(shard.get_object(BUCKET, layout.results_key(WORK, 0)).read())}
+    assert records["w/in/photo.jpg"]["status"] == "succeeded"
+    (output,) = records["w/in/photo.jpg"]["outputs"]
+    assert output["path"] == "w/out/photo/t.png"
+    with Image.open(io.BytesIO(shard.get_object(BUCKET, output["path"]).read())) as image:
+        assert image.size == (64, 64) and image.format == "PNG"
+    assert records["w/in/bad.jpg"]["status"] == "failed" and "not an image" in records["w/in/bad.jpg"]["error"]
+    assert "not found" in records["w/in/gone.jpg"]["error"]
+    # A retried pod finds its results and does nothing again.
+    again = run_pod(s3_server, 0)
+    assert again.returncode == 0 and "already done" in again.stderr
+
+
+def test_unreachable_s3_fails_the_pod_without_leaking_credentials(s3_server, shard):
+    result = run_pod(s3_server, 0, KRESIZE_S3_ENDPOINT=f"127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert "infrastructure error" in result.stderr
+    assert s3_server.secret_key not in result.stdout + result.stderr
+
+
+def test_wrong_credentials_fail_the_pod(s3_server, shard):
+    result = run_pod(s3_server, 0, KRESIZE_S3_SECRET_KEY="wrong-secret")
+    assert result.returncode == 1
+    assert "SignatureDoesNotMatch" in result.stderr or "AccessDenied" in result.stderr
+    assert "wrong-secret" not in result.stderr
+
+
+def test_missing_configuration_is_a_usage_error(s3_server):
+    result = subprocess.run([sys.executable, "-m", "kresize_resizer", "run"], capture_output=True, text=True,
+                            env={"PATH": os.environ["PATH"]}, timeout=60)
+    assert result.returncode == 2 and "KRESIZE_WORK_PREFIX" in result.stderr
