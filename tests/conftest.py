@@ -123,8 +123,11 @@ def platform(s3_server, kube, tmp_path_factory) -> Platform:
     runner = JobRunner(kubeconfig=kubeconfig, namespace=NAMESPACE, log_dir=logs / "pods")
     runner.start()
     env = component_env(s3_server, kubeconfig)
-    operator_args = ([program("kresize-operator"), "--namespace", NAMESPACE], env, logs / "operator.log")
+    health = f"http://127.0.0.1:{free_port()}/healthz"  # as the chart runs it, for the liveness probe
+    operator_args = ([program("kresize-operator"), "--namespace", NAMESPACE, "--liveness", health], env,
+                     logs / "operator.log")
     operator = Program(*operator_args).start()
+    operator.wait_http(health, timeout=60)
     port = free_port()
     api = Program([program("kresize-api"), "--port", str(port)], env, logs / "api.log").start()
     api.wait_http(f"http://127.0.0.1:{port}/healthz")

@@ -201,7 +201,7 @@ def env_of(container: dict) -> dict[str, dict]:
 def test_operator_configuration(helm):
     docs = render(helm, [], [])
     (op,) = objects(docs, "Deployment")["kresize-operator"]["spec"]["template"]["spec"]["containers"]
-    assert op["args"] == ["--namespace", NAMESPACE]
+    assert op["args"] == ["--namespace", NAMESPACE, "--liveness", "http://0.0.0.0:8081/healthz"]
     env = env_of(op)
     assert env["KRESIZE_NAMESPACE"]["value"] == NAMESPACE
     assert env["KRESIZE_S3_ENDPOINT"]["value"] == "kresize-minio.kresize.svc:9000"

@@ -213,6 +213,13 @@ def test_bad_requests_get_clear_errors_and_create_nothing(platform, files, field
     assert after == before
 
 
+def test_health_endpoints(platform):
+    assert httpx.get(f"{platform.api_url}/healthz").json() == {"status": "ok"}
+    operator_health = platform.operator_args[0][-1]
+    assert httpx.get(operator_health, timeout=10).status_code == 200
+    assert "/v1/jobs" in httpx.get(f"{platform.api_url}/openapi.json").json()["paths"]
+
+
 def test_unknown_job_is_404_and_list_shows_jobs(platform):
     assert httpx.get(f"{platform.api_url}/v1/jobs/nope").status_code == 404
     listing = httpx.get(f"{platform.api_url}/v1/jobs").json()["items"]
