@@ -1,4 +1,4 @@
-"""S3 or the Kubernetes API unreachable: 503, and the request leaves nothing behind."""
+"""The API at its edges: limits (413), and S3 or the Kubernetes API unreachable (503, nothing left behind)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from PIL import Image
 pytestmark = pytest.mark.slow
 
 
-def unique_png() -> bytes:
+def unique_png(side: int = 16) -> bytes:
     out = io.BytesIO()
-    Image.frombytes("RGB", (16, 16), os.urandom(16 * 16 * 3)).save(out, "PNG")
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(out, "PNG")
     return out.getvalue()
 
 
@@ -89,3 +89,18 @@ def test_operator_reports_unreachable_s3_and_retries(platform, s3_server, kube, 
         assert platform.batch.list_namespaced_job("s3down").items == []
     finally:
         operator.stop()
+
+
+def test_size_limits_answer_413_and_create_nothing(platform, s3_server, kube, tmp_path):
+    env = component_env(s3_server, kube[1], KRESIZE_MAX_FILE_BYTES="2000", KRESIZE_MAX_REQUEST_BYTES="100000")
+    api, url = start_api(env, tmp_path / "api.log")
+    try:
+        before = resizejob_names(platform)
+        big_file = httpx.post(f"{url}/v1/jobs", files=[("files", ("a.png", unique_png(40)))], data={"width": "10"})
+        assert big_file.status_code == 413 and "KRESIZE_MAX_FILE_BYTES" in big_file.text
+        big_request = httpx.post(f"{url}/v1/jobs", files=[("files", (f"{i}.png", unique_png())) for i in range(200)],
+                                 data={"width": "10"})
+        assert big_request.status_code == 413 and "KRESIZE_MAX_REQUEST_BYTES" in big_request.text
+        assert resizejob_names(platform) == before
+    finally:
+        api.stop()
