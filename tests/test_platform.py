@@ -120,6 +120,7 @@ def test_upload_to_status_with_good_and_bad_images(platform, corpus):
 
     events = platform.core.list_namespaced_event(NAMESPACE, field_selector=f"involvedObject.name={name}").items
     assert {"JobCreated", "PartiallyFailed"} <= {e.reason for e in events}
+    assert len(events) < 10, [e.reason for e in events]  # lifecycle Events only, no per-sync noise
 
     # Exactly one Job, owned by the ResizeJob, with the secret only referenced.
     jobs = platform.batch.list_namespaced_job(NAMESPACE, label_selector=f"kresize.dev/resizejob={name}").items

@@ -20,7 +20,7 @@ import kubernetes
 from kresize_common import layout
 from kresize_common.kube import kube_client
 from kresize_common.s3 import make_client
-from kresize_common.spec import GROUP, PLURAL, VERSION, SpecError, normalize_spec
+from kresize_common.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION, SpecError, normalize_spec
 from kubernetes.client.exceptions import ApiException
 
 from . import planning
@@ -43,13 +43,34 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
-    settings.posting.level = logging.INFO
+    # Only kopf's warnings become Events automatically (a timer's "succeeded" every few seconds would flood
+    # the namespace); the lifecycle Events (JobCreated, Succeeded, ...) are posted by post_event().
+    settings.posting.level = logging.WARNING
     # Namespaced and least-privileged: no cluster-wide CRD/namespace scanning (the Role does not allow it).
     settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
-    memo.batch = kubernetes.client.BatchV1Api(kube_client())
+    api = kube_client()
+    memo.batch = kubernetes.client.BatchV1Api(api)
+    memo.core = kubernetes.client.CoreV1Api(api)
     memo.s3 = make_client(CONFIG.s3)
+
+
+async def post_event(memo: kopf.Memo, body: kopf.Body, type_: str, reason: str, message: str) -> None:
+    """A core/v1 Event on the ResizeJob (what `kubectl describe rj` shows). Best effort: never fails a handler."""
+    meta, now = body["metadata"], _now()
+    event = {
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta["uid"]},
+        "type": type_, "reason": reason, "message": message[:1024], "count": 1,
+        "firstTimestamp": now, "lastTimestamp": now,
+        "source": {"component": "kresize-operator"}, "reportingComponent": "kresize-operator",
+    }
+    try:
+        await asyncio.to_thread(memo.core.create_namespaced_event, meta["namespace"], event)
+    except Exception as error:  # noqa: BLE001 - an Event is a courtesy; the status is the record
+        logging.getLogger("kresize.operator").warning("could not post event %s: %s", reason, error)
 
 
 def _is_running(status: kopf.Status, **_: Any) -> bool:
@@ -94,7 +115,7 @@ async def start(
         normalized = normalize_spec(dict(spec))
     except SpecError as error:
         _fail(patch, generation, status, "InvalidSpec", str(error))
-        kopf.warn(body, reason="InvalidSpec", message=str(error))
+        await post_event(memo, body, "Warning", "InvalidSpec", str(error))
         return
     work = layout.work_prefix(namespace, name, uid)
     placement = placement_for(normalized, namespace, name, CONFIG)
@@ -102,7 +123,7 @@ async def start(
         plan = await asyncio.to_thread(ensure_plan, memo.s3, CONFIG, work, normalized, placement)
     except PermanentSourceError as error:
         _fail(patch, generation, status, "SourceNotFound", str(error))
-        kopf.warn(body, reason="SourceNotFound", message=str(error))
+        await post_event(memo, body, "Warning", "SourceNotFound", str(error))
         return
     except Exception as error:
         message = f"cannot prepare the work in S3 ({CONFIG.s3.endpoint}): {type(error).__name__}: {error}"
@@ -130,7 +151,7 @@ async def start(
         "jobName": job_name, "parallelism": parallelism, "startTime": _now(), "failures": [],
         "results": _results_pointer(work, placement),
     })
-    kopf.info(body, reason="JobCreated", message=message)
+    await post_event(memo, body, "Normal", "JobCreated", message)
     logger.info("started: %s", message)
 
 
@@ -187,7 +208,7 @@ async def sync(
             raise
         # Someone deleted the Job: create it again. Finished shards skip themselves (their results exist).
         logger.warning("Job %s is gone; recreating it", job_name)
-        kopf.warn(body, reason="JobRecreated", message=f"Job {job_name} was deleted; recreating it")
+        await post_event(memo, body, "Warning", "JobRecreated", f"Job {job_name} was deleted; recreating it")
         await start(body=body, spec=spec, status=status, meta=meta, name=name, namespace=namespace, uid=uid,
                     patch=patch, memo=memo, logger=logger)
         return
@@ -226,10 +247,10 @@ async def sync(
         why = reason if kind == "Failed" else "NoImageSucceeded"
         message = f"{message}; Job {job_name}: {why} {job_message}".strip()
         conditions = planning.set_condition(conditions, "Failed", "True", why, message, generation, now)
-        kopf.warn(body, reason="Failed", message=message)
+        await post_event(memo, body, "Warning", "Failed", message)
     else:
         conditions = planning.set_condition(conditions, "Complete", "True", phase, message, generation, now)
-        kopf.info(body, reason=phase, message=message)
+        await post_event(memo, body, "Normal", phase, message)
     conditions = planning.set_condition(conditions, "Progressing", "False", phase, message, generation, now)
     update.update({"phase": phase, "conditions": conditions, "completionTime": now, "parallelism": 0})
     patch.status.update(update)
