@@ -192,3 +192,14 @@ def test_original_format_keeps_modern_formats_and_maps_others_to_png():
     Image.new("RGB", (20, 20)).save(webp, "WEBP")
     variant, _ = one(webp.getvalue(), Target("t", 10))
     assert variant.format == "webp"
+
+
+def test_16_bit_grayscale_keeps_its_range():
+    import struct
+
+    values = [round(i * 65535 / 4095) for i in range(4096)]  # a 64x64 ramp over the whole 16-bit range
+    image = Image.frombytes("I;16", (64, 64), struct.pack("<4096H", *values))
+    _, out = one(png(image), Target("t", 32, format="png"))
+    assert out.mode == "L" and out.size == (32, 32)
+    low, high = out.getextrema()
+    assert low < 10 and high > 245  # scaled to 8 bits, not clipped to white
