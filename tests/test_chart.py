@@ -97,13 +97,14 @@ def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([helm, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
+def value_args(files: list[Path], set_values: list[str]) -> list[str]:
+    """helm's -f and --set arguments."""
+    return [arg for f in files for arg in ("-f", str(f))] + [arg for v in set_values for arg in ("--set", v)]
+
+
 def render(helm: str, files: list[Path], set_values: list[str]) -> list[dict]:
     args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", "1.30.0"]
-    args += ["--include-crds"]
-    for f in files:
-        args += ["-f", str(f)]
-    for s in set_values:
-        args += ["--set", s]
+    args += ["--include-crds", *value_args(files, set_values)]
     result = run_helm(helm, *args)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
@@ -270,11 +271,7 @@ def render_notes(helm: str, tmp_path: Path, set_values: list[str], files: list[P
         'data:\n  notes: {{ tpl (.Files.Get "NOTES.txt.tpl") . | quote }}\n'
     )
     args = ["template", RELEASE, str(chart), "-n", NAMESPACE, "--show-only", "templates/zz-notes.yaml"]
-    for f in files:
-        args += ["-f", str(f)]
-    for s in set_values:
-        args += ["--set", s]
-    result = run_helm(helm, *args)
+    result = run_helm(helm, *args, *value_args(files, set_values))
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)["data"]["notes"]
 

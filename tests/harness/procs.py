@@ -15,10 +15,20 @@ import httpx
 BIN = Path(sys.executable).parent
 
 
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (all held open until every one is picked, so none repeats)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def program(name: str) -> str:

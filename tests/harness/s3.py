@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,17 +18,7 @@ from pathlib import Path
 import urllib3
 from minio import Minio
 
-
-def _free_ports(count: int) -> list[int]:
-    sockets, ports = [], []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-        ports.append(sock.getsockname()[1])
-    for sock in sockets:
-        sock.close()
-    return ports
+from .procs import free_ports
 
 
 class S3Server:
@@ -39,7 +28,7 @@ class S3Server:
         self.secret_key = secrets.token_hex(16)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "weed.log"
-        self._ports = _free_ports(11)
+        self._ports = free_ports(11)
         self.endpoint = f"127.0.0.1:{self._ports[0]}"
 
     def _command(self) -> list[str]:
