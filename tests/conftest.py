@@ -4,7 +4,10 @@
 - Kubernetes API: kmock's emulator extended with apiserver semantics (tests/harness/kube.py), over HTTP.
 - Jobs: a stand-in for the Job controller and kubelet that runs the real `kresize-resizer` per index
   (tests/harness/jobs.py).
-- The real `kresize-operator` (kopf) and `kresize-api` (uvicorn) as subprocesses, configured by env vars only.
+- The real `kresize-operator` (kopf) and `kresize-api` (uvicorn) as subprocesses, each run as its pod runs it:
+  command and environment from the rendered Helm chart, uid 65532 with no passwd entry, a read-only root and
+  only /tmp writable (tests/harness/pods.py, tests/harness/sandbox.py). The resizer runs the same way, from
+  the Job spec the operator builds.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import base64
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +23,8 @@ import kubernetes
 import pytest
 from harness.jobs import JobRunner
 from harness.kube import start_emulator
-from harness.procs import Program, free_port, program
+from harness.pods import chart_program
+from harness.procs import Program, free_ports
 from harness.s3 import start_s3
 from kresize_common.s3 import ensure_bucket
 
@@ -59,22 +64,64 @@ def kube_api(kubeconfig: Path) -> kubernetes.client.ApiClient:
     return kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
 
 
-def component_env(s3_server, kubeconfig: Path, **extra: str) -> dict[str, str]:
-    return {
-        "KUBECONFIG": str(kubeconfig),
-        "KRESIZE_NAMESPACE": NAMESPACE,
-        "KRESIZE_S3_ENDPOINT": s3_server.endpoint,
-        "KRESIZE_S3_ACCESS_KEY": s3_server.access_key,
-        "KRESIZE_S3_SECRET_KEY": s3_server.secret_key,
-        "KRESIZE_S3_SECURE": "false",
-        "KRESIZE_S3_BUCKET": BUCKET,
-        "KRESIZE_S3_PUBLIC_ENDPOINT": f"http://{s3_server.endpoint}",
-        "KRESIZE_JOB_S3_SECRET": SECRET,
-        "KRESIZE_RESIZER_IMAGE": "kresize/resizer:dev",
-        "KRESIZE_SYNC_INTERVAL_SECONDS": "0.5",
-        "KRESIZE_MAX_PARALLELISM": "2",
-        **extra,
+def chart_values(s3_endpoint: str, *, api_port: int = 8080, health_port: int = 8081, **overrides) -> dict:
+    """Helm values that point the chart at the test platform (external S3 on loopback); overrides merge in."""
+    values = {
+        "s3": {"endpoint": s3_endpoint, "existingSecret": SECRET, "bucket": BUCKET,
+               "publicEndpoint": f"http://{s3_endpoint}"},
+        "minio": {"enabled": False},
+        "api": {"port": api_port},
+        "operator": {"healthPort": health_port, "maxParallelism": 2,
+                     # Not a chart value: a fast sync keeps the tests short.
+                     "extraEnv": [{"name": "KRESIZE_SYNC_INTERVAL_SECONDS", "value": "0.5"}]},
     }
+    return merge(values, overrides)
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+            else value
+    return merged
+
+
+def create_s3_secret(api_client: kubernetes.client.ApiClient, namespace: str, s3_server) -> None:
+    """The Secret the chart's `s3.existingSecret` names (keys accessKey, secretKey)."""
+    kubernetes.client.CoreV1Api(api_client).create_namespaced_secret(namespace, {
+        "metadata": {"name": SECRET},
+        "data": {"accessKey": base64.b64encode(s3_server.access_key.encode()).decode(),
+                 "secretKey": base64.b64encode(s3_server.secret_key.encode()).decode()},
+    })
+
+
+@dataclass
+class Component:
+    program: Program
+    url: str  # the API's base URL, or the operator's liveness endpoint
+
+    def stop(self) -> None:
+        self.program.stop()
+
+
+def start_component(component: str, s3_server, kubeconfig: Path, log: Path, *, namespace: str = NAMESPACE,
+                    wait: bool = True, program_kubeconfig: Path | None = None, command: list[str] | None = None,
+                    **values) -> Component:
+    """The chart's API or operator, started as its pod runs it (harness/pods.py), on free loopback ports.
+
+    `kubeconfig` reaches the apiserver the pod's Secrets are read from; the program itself gets
+    `program_kubeconfig` when given (say, one pointing at a dead apiserver).
+    """
+    api_port, health_port = free_ports(2)
+    program = chart_program(component, values=chart_values(s3_server.endpoint, api_port=api_port,
+                                                           health_port=health_port, **values),
+                            namespace=namespace, api=kube_api(kubeconfig),
+                            kubeconfig=program_kubeconfig or kubeconfig, log=log, command=command)
+    url = f"http://127.0.0.1:{api_port}" if component == "api" else f"http://127.0.0.1:{health_port}/healthz"
+    program.start()
+    if wait:
+        program.wait_http(url if component == "operator" else f"{url}/healthz", timeout=60)
+    return Component(program, url)
 
 
 @dataclass
@@ -84,8 +131,9 @@ class Platform:
     api: kubernetes.client.ApiClient
     s3: object  # minio.Minio
     runner: JobRunner
-    operator: Program
-    operator_args: tuple[list[str], dict[str, str], Path]
+    operator: Component
+    restart: Callable[..., Component]
+    api_component: Component
 
     @property
     def custom(self) -> kubernetes.client.CustomObjectsApi:
@@ -103,9 +151,9 @@ class Platform:
         return self.custom.get_namespaced_custom_object("kresize.dev", "v1alpha1", NAMESPACE, "resizejobs", name)
 
     def restart_operator(self) -> None:
-        self.operator.kill()
-        args, env, log = self.operator_args
-        self.operator = Program(args, env, log).start()
+        """SIGKILL the operator and start a new one, as when its pod is deleted."""
+        self.operator.program.kill()
+        self.operator = self.restart(wait=False)
 
 
 @pytest.fixture(scope="session")
@@ -113,28 +161,20 @@ def platform(s3_server, kube, tmp_path_factory) -> Platform:
     _, kubeconfig = kube
     logs = tmp_path_factory.mktemp("logs")
     api_client = kube_api(kubeconfig)
-    core = kubernetes.client.CoreV1Api(api_client)
-    core.create_namespaced_secret(NAMESPACE, {
-        "metadata": {"name": SECRET},
-        "data": {"accessKey": base64.b64encode(s3_server.access_key.encode()).decode(),
-                 "secretKey": base64.b64encode(s3_server.secret_key.encode()).decode()},
-    })
+    create_s3_secret(api_client, NAMESPACE, s3_server)
     ensure_bucket(s3_server.client(), BUCKET)  # what an installed system has after its first upload
     runner = JobRunner(kubeconfig=kubeconfig, namespace=NAMESPACE, log_dir=logs / "pods")
     runner.start()
-    env = component_env(s3_server, kubeconfig)
-    health = f"http://127.0.0.1:{free_port()}/healthz"  # as the chart runs it, for the liveness probe
-    operator_args = ([program("kresize-operator"), "--namespace", NAMESPACE, "--liveness", health], env,
-                     logs / "operator.log")
-    operator = Program(*operator_args).start()
-    operator.wait_http(health, timeout=60)
-    port = free_port()
-    api = Program([program("kresize-api"), "--port", str(port)], env, logs / "api.log").start()
-    api.wait_http(f"http://127.0.0.1:{port}/healthz")
-    platform = Platform(f"http://127.0.0.1:{port}", kubeconfig, api_client, s3_server.client(), runner, operator,
-                        operator_args)
+
+    def start_operator(wait: bool = True) -> Component:
+        return start_component("operator", s3_server, kubeconfig, logs / "operator.log", wait=wait)
+
+    operator = start_operator()
+    api = start_component("api", s3_server, kubeconfig, logs / "api.log")
+    platform = Platform(api.url, kubeconfig, api_client, s3_server.client(), runner, operator, start_operator, api)
     yield platform
-    print(f"\n--- operator log tail ---\n{platform.operator.tail(40)}\n--- api log tail ---\n{api.tail(20)}")
+    print(f"\n--- operator log tail ---\n{platform.operator.program.tail(40)}\n"
+          f"--- api log tail ---\n{api.program.tail(20)}")
     api.stop()
     platform.operator.stop()
     runner.stop()

@@ -7,8 +7,8 @@ import os
 
 import httpx
 import pytest
-from conftest import BUCKET, NAMESPACE, component_env
-from harness.procs import Program, free_port, program, wait_for
+from conftest import BUCKET, NAMESPACE, create_s3_secret, start_component
+from harness.procs import free_port, wait_for
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -20,21 +20,15 @@ def unique_png(side: int = 16) -> bytes:
     return out.getvalue()
 
 
-def start_api(env: dict[str, str], log) -> tuple[Program, str]:
-    port = free_port()
-    api = Program([program("kresize-api"), "--port", str(port)], env, log).start()
-    api.wait_http(f"http://127.0.0.1:{port}/healthz")
-    return api, f"http://127.0.0.1:{port}"
-
-
 def resizejob_names(platform) -> set[str]:
     items = platform.custom.list_namespaced_custom_object("kresize.dev", "v1alpha1", NAMESPACE, "resizejobs")
     return {item["metadata"]["name"] for item in items["items"]}
 
 
 def test_s3_unreachable(platform, s3_server, kube, tmp_path):
-    env = component_env(s3_server, kube[1], KRESIZE_S3_ENDPOINT=f"127.0.0.1:{free_port()}")
-    api, url = start_api(env, tmp_path / "api.log")
+    api = start_component("api", s3_server, kube[1], tmp_path / "api.log",
+                          s3={"endpoint": f"127.0.0.1:{free_port()}"})
+    url = api.url
     try:
         before = resizejob_names(platform)
         response = httpx.post(f"{url}/v1/jobs", files=[("files", ("a.png", unique_png()))],
@@ -52,7 +46,8 @@ def test_kubernetes_unreachable_leaves_no_orphans(platform, s3_server, kube, tmp
     dead = tmp_path / "kubeconfig"
     dead.write_text(kube[1].read_text().replace(
         kube[1].read_text().split("server: ")[1].split()[0], f"http://127.0.0.1:{free_port()}"))
-    api, url = start_api(component_env(s3_server, dead), tmp_path / "api.log")
+    api = start_component("api", s3_server, kube[1], tmp_path / "api.log", program_kubeconfig=dead)
+    url = api.url
     try:
         before = {o.object_name for o in platform.s3.list_objects(BUCKET, recursive=True)}
         response = httpx.post(f"{url}/v1/jobs", files=[("files", ("a.png", unique_png()))],
@@ -68,9 +63,9 @@ def test_kubernetes_unreachable_leaves_no_orphans(platform, s3_server, kube, tmp
 
 def test_operator_reports_unreachable_s3_and_retries(platform, s3_server, kube, tmp_path):
     """An operator whose S3 is down keeps the job Pending with a condition that says why."""
-    env = component_env(s3_server, kube[1], KRESIZE_S3_ENDPOINT=f"127.0.0.1:{free_port()}",
-                        KRESIZE_NAMESPACE="s3down")
-    operator = Program([program("kresize-operator"), "--namespace", "s3down"], env, tmp_path / "operator.log").start()
+    create_s3_secret(platform.api, "s3down", s3_server)
+    operator = start_component("operator", s3_server, kube[1], tmp_path / "operator.log", namespace="s3down",
+                               s3={"endpoint": f"127.0.0.1:{free_port()}"}).program
     try:
         platform.custom.create_namespaced_custom_object("kresize.dev", "v1alpha1", "s3down", "resizejobs", {
             "apiVersion": "kresize.dev/v1alpha1", "kind": "ResizeJob", "metadata": {"name": "waits"},
@@ -92,8 +87,9 @@ def test_operator_reports_unreachable_s3_and_retries(platform, s3_server, kube, 
 
 
 def test_size_limits_answer_413_and_create_nothing(platform, s3_server, kube, tmp_path):
-    env = component_env(s3_server, kube[1], KRESIZE_MAX_FILE_BYTES="2000", KRESIZE_MAX_REQUEST_BYTES="100000")
-    api, url = start_api(env, tmp_path / "api.log")
+    api = start_component("api", s3_server, kube[1], tmp_path / "api.log",
+                          limits={"maxFileBytes": 2000, "maxRequestBytes": 100000})
+    url = api.url
     try:
         before = resizejob_names(platform)
         big_file = httpx.post(f"{url}/v1/jobs", files=[("files", ("a.png", unique_png(40)))], data={"width": "10"})

@@ -216,8 +216,7 @@ def test_bad_requests_get_clear_errors_and_create_nothing(platform, files, field
 
 def test_health_endpoints(platform):
     assert httpx.get(f"{platform.api_url}/healthz").json() == {"status": "ok"}
-    operator_health = platform.operator_args[0][-1]
-    assert httpx.get(operator_health, timeout=10).status_code == 200
+    assert httpx.get(platform.operator.url, timeout=10).status_code == 200
     assert "/v1/jobs" in httpx.get(f"{platform.api_url}/openapi.json").json()["paths"]
 
 

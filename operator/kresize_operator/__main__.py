@@ -5,8 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 
 import kopf
+
+
+def operator_identity() -> str:
+    """Who this operator is to kopf (peering, logs). kopf's own guess calls getpass.getuser(), which fails
+    in a pod whose uid has no passwd entry and no USER/LOGNAME (ours: 65532), so it is never left to guess.
+    The chart passes the pod's name (POD_NAME, from the downward API); out of cluster, the host name."""
+    return os.environ.get("POD_NAME") or f"kresize-operator@{socket.gethostname()}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         standalone=True,  # one replica; no peering CRDs needed
         namespaces=[handlers.CONFIG.namespace],
         liveness_endpoint=args.liveness or None,
+        identity=operator_identity(),  # type: ignore[arg-type]  # kopf.Identity is a NewType of str
     )
 
 

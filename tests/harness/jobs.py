@@ -2,7 +2,8 @@
 
 It watches Jobs through the (emulated) apiserver and runs each completion index as a local process
 playing the pod: the container's command (or the image's entrypoint) and args, with the env a pod would
-get (`value`, `secretKeyRef` read from the Secret, the completion-index fieldRef, and JOB_COMPLETION_INDEX).
+get (`value`, `secretKeyRef` read from the Secret, the completion-index fieldRef, and JOB_COMPLETION_INDEX),
+under the pod's container rules (uid 65532 without a passwd entry, read-only root, only /tmp writable).
 It honours parallelism (re-read on every pass, as the operator lowers it), completions,
 backoffLimitPerIndex, backoffLimit, maxFailedIndexes and activeDeadlineSeconds, and writes Job status
 through the status subresource the way batch/v1 does: startTime, active, ready, succeeded, failed,
@@ -13,7 +14,6 @@ as the real controller does for Indexed Jobs it does not need to scale down abru
 
 from __future__ import annotations
 
-import base64
 import collections
 import contextlib
 import datetime
@@ -28,8 +28,10 @@ from typing import Any
 
 import kubernetes
 
+from .pods import INDEX_ANNOTATION, resolve_env, secret_reader
+from .sandbox import IMAGE_ENV, pod_argv
+
 DEFAULT_ENTRYPOINTS = {"": ["kresize-resizer"]}  # image prefix -> entrypoint; "" matches any image
-INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
 def compress(indexes: set[int]) -> str:
@@ -220,31 +222,18 @@ class JobRunner:
             state.last_status = status
 
     def _env(self, container: Any, job: Any, index: int) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV")}
-        env.update({"HOME": "/tmp", "TMPDIR": "/tmp", "HOSTNAME": f"{job.metadata.name}-{index}"})
-        for source in container.env_from or []:
-            if source.secret_ref:
-                secret = self.core.read_namespaced_secret(source.secret_ref.name, self.namespace)
-                env.update({k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()})
-        for var in container.env or []:
-            if var.value is not None:
-                env[var.name] = var.value
-            elif var.value_from and var.value_from.secret_key_ref:
-                ref = var.value_from.secret_key_ref
-                try:
-                    data = self.core.read_namespaced_secret(ref.name, self.namespace).data or {}
-                except kubernetes.client.ApiException:
-                    data = {}
-                if ref.key in data:
-                    env[var.name] = base64.b64decode(data[ref.key]).decode()
-                elif not ref.optional:
-                    raise RuntimeError(f"secret {ref.name}/{ref.key} missing (the pod would not start)")
-            elif var.value_from and var.value_from.field_ref:
-                path = var.value_from.field_ref.field_path
-                env[var.name] = {"metadata.namespace": self.namespace, "metadata.name": f"{job.metadata.name}-{index}",
-                                 f"metadata.annotations['{INDEX_ANNOTATION}']": str(index)}.get(path, "")
-        env["JOB_COMPLETION_INDEX"] = str(index)
-        return env
+        """What the kubelet gives the pod's process: the image's env, then the container's, resolved."""
+        pod_name = f"{job.metadata.name}-{index}"
+        env = self.api.sanitize_for_serialization(container.env or [])
+        if container.env_from:
+            raise RuntimeError("envFrom is not supported by the pod stand-in")
+        return {
+            **IMAGE_ENV, "HOSTNAME": pod_name,
+            **resolve_env(env, secret=secret_reader(self.api, self.namespace), fields={
+                "metadata.namespace": self.namespace, "metadata.name": pod_name,
+                f"metadata.annotations['{INDEX_ANNOTATION}']": str(index)}),
+            "JOB_COMPLETION_INDEX": str(index),
+        }
 
     def _spawn(self, job: Any, index: int) -> subprocess.Popen:
         container = job.spec.template.spec.containers[0]
@@ -254,7 +243,7 @@ class JobRunner:
         self.started[(job.metadata.name, index)] += 1
         attempt = self.started[(job.metadata.name, index)]
         log = (self.log_dir / f"{job.metadata.name}-{index}-{attempt}.log").open("wb")
-        proc = subprocess.Popen([*command, *(container.args or [])], env=self._env(container, job, index),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        argv = pod_argv([*command, *(container.args or [])], self._env(container, job, index))
+        proc = subprocess.Popen(argv, env={}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         return proc

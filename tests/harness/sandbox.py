@@ -1,0 +1,70 @@
+"""Run a program the way its pod runs it, with no container engine: Debian's bubblewrap (`bwrap`).
+
+A kresize pod runs as uid 65532 with no passwd entry, `HOME=/tmp`, a read-only root filesystem with only
+`/tmp` writable (an emptyDir), and only the environment its image and its pod spec give it. `pod_argv()`
+wraps a command so that it runs under exactly those rules, on the host's root filesystem (our programs from
+the test virtualenv) or on an image's unpacked root filesystem (tests/test_images.py). The network is the
+host's, so the program reaches the test S3 server and apiserver on loopback as a pod reaches Services.
+
+A program that writes outside /tmp, looks itself up in /etc/passwd, or reads a variable nobody sets fails
+under these rules as it would in its pod.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+POD_UID = 65532
+
+# What the images' Dockerfiles put in every container's environment (ENV lines), with PATH pointing at
+# the test virtualenv's scripts where the image has /usr/local/bin.
+IMAGE_ENV = {
+    "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/tmp",
+    "TMPDIR": "/tmp",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def bwrap() -> str:
+    """The bwrap binary; the container-rules tests need it (`.ci/run` installs Debian's bubblewrap)."""
+    path = shutil.which("bwrap")
+    if path is None:
+        raise RuntimeError("bubblewrap (bwrap) is required to run the programs under container rules: "
+                           "apt-get install bubblewrap")
+    return path
+
+
+def pod_argv(
+    argv: list[str],
+    env: Mapping[str, str],
+    *,
+    rootfs: Path | str = "/",
+    read_only: Iterable[Path | str] = (),
+    writable: Iterable[Path | str] = (),
+    workdir: str = "/tmp",
+) -> list[str]:
+    """`argv` run as uid 65532 (no passwd entry) on a read-only `rootfs`, a fresh /tmp, and only `env`.
+
+    `read_only` and `writable` are host paths made visible at the same path (files the test hands the
+    program, like a kubeconfig standing in for the service-account mount, or an output folder); they are
+    mounted after /tmp, so paths under the host's /tmp (pytest's tmp_path) show through.
+    """
+    args = [
+        bwrap(), "--unshare-user", "--uid", str(POD_UID), "--gid", str(POD_UID),
+        "--unshare-ipc", "--die-with-parent",
+        "--ro-bind", str(rootfs), "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+    ]
+    for path in read_only:
+        args += ["--ro-bind", str(path), str(path)]
+    for path in writable:
+        args += ["--bind", str(path), str(path)]
+    args += ["--chdir", workdir, "--clearenv"]
+    for key, value in env.items():
+        args += ["--setenv", key, value]
+    return [*args, "--", *argv]
+
