@@ -38,6 +38,13 @@ def test_s3_unreachable(platform, s3_server, kube, tmp_path):
         assert resizejob_names(platform) == before
         ready = httpx.get(f"{url}/readyz", timeout=60)
         assert ready.status_code == 503 and "s3" in ready.json()["problems"]
+        # A read while S3 is down says so, and does not claim a write was undone.
+        platform.custom.create_namespaced_custom_object("kresize.dev", "v1alpha1", NAMESPACE, "resizejobs", {
+            "apiVersion": "kresize.dev/v1alpha1", "kind": "ResizeJob", "metadata": {"name": "read-s3-down"},
+            "spec": {"source": {"prefix": "nothing-here/"}, "targets": [{"name": "t", "width": 10}]}})
+        read = httpx.get(f"{url}/v1/jobs/read-s3-down", timeout=60)
+        assert read.status_code == 503, read.text
+        assert read.json()["detail"].startswith("S3 is unavailable, try again later"), read.text
     finally:
         api.stop()
 

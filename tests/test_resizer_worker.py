@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
+import time
 
 import pytest
 from conftest import BUCKET
-from harness.procs import free_port
+from harness.procs import free_port, wait_for
+from harness.s3 import S3Server
+from harness.sandbox import IMAGE_ENV, pod_argv
 from kresize_common import layout
 from kresize_common.s3 import ensure_bucket, put_json
 from PIL import Image
@@ -18,14 +19,18 @@ from PIL import Image
 WORK = "jobs/test/worker/uid-1/"
 
 
-def run_pod(s3_server, index: int, **env: str) -> subprocess.CompletedProcess[str]:
-    pod_env = {
-        "PATH": os.environ["PATH"], "HOME": "/tmp", "JOB_COMPLETION_INDEX": str(index), "KRESIZE_WORK_PREFIX": WORK,
+def pod_env(s3_server, index: int, **env: str) -> dict[str, str]:
+    return {
+        **IMAGE_ENV, "JOB_COMPLETION_INDEX": str(index), "KRESIZE_WORK_PREFIX": WORK,
         "KRESIZE_S3_ENDPOINT": s3_server.endpoint, "KRESIZE_S3_ACCESS_KEY": s3_server.access_key,
         "KRESIZE_S3_SECRET_KEY": s3_server.secret_key, "KRESIZE_S3_BUCKET": BUCKET, **env,
     }
-    return subprocess.run([sys.executable, "-m", "kresize_resizer", "run"], env=pod_env, capture_output=True,
-                          text=True, timeout=120)
+
+
+def run_pod(s3_server, index: int, **env: str) -> subprocess.CompletedProcess[str]:
+    """`kresize-resizer run` as a Job pod runs it (container rules, only the pod's env)."""
+    return subprocess.run(pod_argv(["kresize-resizer", "run"], pod_env(s3_server, index, **env)), env={},
+                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture
@@ -61,9 +66,10 @@ def test_a_shard_with_good_bad_and_missing_images(s3_server, shard):
 
 
 def test_unreachable_s3_fails_the_pod_without_leaking_credentials(s3_server, shard):
-    result = run_pod(s3_server, 0, KRESIZE_S3_ENDPOINT=f"127.0.0.1:{free_port()}")
+    result = run_pod(s3_server, 0, KRESIZE_S3_ENDPOINT=f"127.0.0.1:{free_port()}", KRESIZE_S3_RETRY_SECONDS="2")
     assert result.returncode == 1
-    assert "infrastructure error" in result.stderr
+    assert "infrastructure error" in result.stderr and "retrying" in result.stderr
+    assert "KRESIZE_S3_RETRY_SECONDS" in result.stderr  # the message names the setting that bounds the wait
     assert s3_server.secret_key not in result.stdout + result.stderr
 
 
@@ -75,6 +81,46 @@ def test_wrong_credentials_fail_the_pod(s3_server, shard):
 
 
 def test_missing_configuration_is_a_usage_error(s3_server):
-    result = subprocess.run([sys.executable, "-m", "kresize_resizer", "run"], capture_output=True, text=True,
-                            env={"PATH": os.environ["PATH"]}, timeout=60)
+    result = subprocess.run(pod_argv(["kresize-resizer", "run"], IMAGE_ENV), capture_output=True, text=True, env={},
+                            timeout=60)
     assert result.returncode == 2 and "KRESIZE_WORK_PREFIX" in result.stderr
+
+
+@pytest.fixture
+def outage_s3(tmp_path):
+    """An S3 server of this test's own, to take down and bring back."""
+    (tmp_path / "s3").mkdir()
+    with S3Server(tmp_path / "s3").start() as server:
+        ensure_bucket(server.client(), BUCKET)
+        yield server
+
+
+def test_a_short_s3_outage_costs_time_not_the_pod(outage_s3, corpus, tmp_path):
+    """S3 goes away while a pod works and comes back a few seconds later: the pod waits, then finishes."""
+    client = outage_s3.client()
+    images = sorted((corpus / "photos").glob("*.jpg"))[:4]
+    for path in images:
+        client.fput_object(BUCKET, f"w/in/{path.name}", str(path))
+    put_json(client, BUCKET, layout.shard_key(WORK, 0), {
+        "index": 0, "sourceBucket": BUCKET, "outputBucket": BUCKET, "outputPrefix": "w/out/",
+        "targets": [{"name": "t", "width": 64, "height": 64, "fit": "cover", "format": "png"}], "operations": {},
+        "images": [{"key": f"w/in/{p.name}", "id": p.stem} for p in images],
+    })
+    log = tmp_path / "pod.log"
+    with log.open("wb") as out:
+        pod = subprocess.Popen(pod_argv(["kresize-resizer", "run"], pod_env(outage_s3, 0)), env={}, stdout=out,
+                               stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "resized" in log.read_text(), 60, interval=0.05, message="the first image")
+        outage_s3.stop()  # SIGKILL, as a crashed S3 pod
+        wait_for(lambda: "retrying" in log.read_text(), 60, interval=0.1, message="the pod to notice")
+        time.sleep(3)
+        assert pod.poll() is None, log.read_text()  # still waiting, not failed
+        outage_s3.start()
+        assert pod.wait(120) == 0, log.read_text()
+    finally:
+        if pod.poll() is None:
+            pod.kill()
+    records = json.loads(client.get_object(BUCKET, layout.results_key(WORK, 0)).read())
+    assert [r["status"] for r in records] == ["succeeded"] * len(images), records
+    assert outage_s3.secret_key not in log.read_text()

@@ -28,10 +28,11 @@ log = logging.getLogger("kresize.api")
 BACKEND_ERRORS = (S3Error, urllib3.exceptions.HTTPError, OSError, kubernetes.client.exceptions.ApiException)
 
 
-def _backend_unavailable(what: str, error: BaseException) -> HTTPException:
+def _backend_unavailable(what: str, error: BaseException, *, created_nothing: bool = False) -> HTTPException:
+    """503 for a backend that failed; `created_nothing` only where a write was undone (a read changes nothing)."""
     log.warning("%s unavailable: %s: %s", what, type(error).__name__, error)
-    return HTTPException(503, f"{what} is unavailable, nothing was created; try again later "
-                              f"({type(error).__name__})")
+    outcome = "nothing was created; " if created_nothing else ""
+    return HTTPException(503, f"{what} is unavailable, {outcome}try again later ({type(error).__name__})")
 
 
 def create_app(
@@ -137,10 +138,10 @@ def create_app(
                 raise HTTPException(422, f"the Kubernetes API refused the ResizeJob: {error.body}") from None
             if error.status in (401, 403):
                 raise HTTPException(503, "the API is not allowed to create ResizeJobs (check its RBAC)") from None
-            raise _backend_unavailable("the Kubernetes API", error) from None
+            raise _backend_unavailable("the Kubernetes API", error, created_nothing=True) from None
         except BACKEND_ERRORS as error:
             _undo(created)
-            raise _backend_unavailable("S3 or the Kubernetes API", error) from None
+            raise _backend_unavailable("S3 or the Kubernetes API", error, created_nothing=True) from None
 
     def _undo(keys: list[str]) -> None:
         for key in keys:

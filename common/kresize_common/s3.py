@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import urllib3
 from minio import Minio
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error, ServerError
 
-from .config import S3Settings
+from .config import S3Settings, env_int
 
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchBucket", "ResourceNotFound"})
+# S3 error codes that say "try again later", not "this request is wrong" (AWS and MinIO documentation).
+TRANSIENT_CODES = frozenset({
+    "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed",
+    "OperationAborted", "XMinioServerNotInitialized", "XMinioStorageFull",
+})
+T = TypeVar("T")
+log = logging.getLogger("kresize.s3")
 
 
 def make_client(settings: S3Settings, *, endpoint: str | None = None, timeout: float = 30.0) -> Minio:
@@ -42,6 +54,53 @@ def make_client(settings: S3Settings, *, endpoint: str | None = None, timeout: f
 
 def is_not_found(error: BaseException) -> bool:
     return isinstance(error, S3Error) and error.code in NOT_FOUND_CODES
+
+
+def is_transient(error: BaseException) -> bool:
+    """An S3 failure that may go away by itself: unreachable, timed out, 5xx, throttled."""
+    if isinstance(error, S3Error):
+        return error.code in TRANSIENT_CODES
+    if isinstance(error, ServerError):
+        return error.status_code >= 500
+    # A non-XML answer (a proxy's 502 page, a half-started server) and every connection-level failure.
+    return isinstance(error, InvalidResponseError | urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry transient S3 failures of one operation with capped exponential backoff, within a time budget.
+
+    A short S3 outage (a restart, a failover) then costs time instead of a pod failure (which would spend
+    the Job's per-index retries); an outage longer than the budget still fails, so nothing waits forever.
+    """
+
+    budget_seconds: float = 120.0
+    first_delay: float = 0.5
+    max_delay: float = 10.0
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        return cls(budget_seconds=float(env_int("KRESIZE_S3_RETRY_SECONDS", int(cls.budget_seconds))))
+
+    def call(self, what: str, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        deadline = time.monotonic() + self.budget_seconds
+        delay = self.first_delay
+        while True:
+            try:
+                return operation(*args, **kwargs)
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise S3Unavailable(f"S3 still failing after retrying {what} for {self.budget_seconds:g}s "
+                                        f"(KRESIZE_S3_RETRY_SECONDS): {type(error).__name__}: {error}") from error
+                log.warning("S3 %s failed (%s); retrying in %.1fs", what, type(error).__name__, delay)
+                time.sleep(delay * random.uniform(0.8, 1.2))  # jitter: pods do not retry in lockstep
+                delay = min(delay * 2, self.max_delay)
+
+
+class S3Unavailable(Exception):
+    """Transient S3 failures outlasted the retry budget."""
 
 
 def ensure_bucket(client: Minio, bucket: str) -> None:

@@ -32,6 +32,7 @@ class OperatorConfig:
     sharding: Sharding = field(default_factory=Sharding)
     sync_interval: float = 5.0
     max_status_failures: int = 20
+    s3_retry_seconds: int = 120
     resources: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
@@ -55,6 +56,7 @@ class OperatorConfig:
             ),
             sync_interval=float(env_str("KRESIZE_SYNC_INTERVAL_SECONDS", str(cls.sync_interval))),
             max_status_failures=env_int("KRESIZE_MAX_STATUS_FAILURES", cls.max_status_failures, minimum=0),
+            s3_retry_seconds=env_int("KRESIZE_S3_RETRY_SECONDS", cls.s3_retry_seconds, minimum=0),
             resources={
                 "requests": {
                     "cpu": env_str("KRESIZE_RESIZER_CPU_REQUEST", "500m"),

@@ -1,8 +1,9 @@
 """The cluster path: one Job pod processes the shard of its JOB_COMPLETION_INDEX.
 
 Exit codes decide what the Job controller does: 0 when the shard ran (bad images are failed records,
-not pod failures), 1 for infrastructure errors (S3 unreachable, access denied, missing shard), which makes
-the Job retry the index within `backoffLimitPerIndex`.
+not pod failures), 1 for infrastructure errors (S3 unreachable for longer than KRESIZE_S3_RETRY_SECONDS,
+access denied, missing shard), which makes the Job retry the index within `backoffLimitPerIndex`.
+Transient S3 failures are retried in the pod first, so a short outage costs time, not the Job's retries.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from kresize_common import layout
 from kresize_common.config import ImageLimits, S3Settings
 from kresize_common.s3 import (
+    RetryPolicy,
     get_bytes,
     get_json,
     is_not_found,
@@ -40,21 +42,25 @@ class SourceMissing(Exception):
     pass
 
 
-def _download(client: Minio, bucket: str, key: str, limits: ImageLimits) -> bytes:
+def _download(client: Minio, bucket: str, key: str, limits: ImageLimits, retry: RetryPolicy) -> bytes:
     try:
-        return get_bytes(client, bucket, key, limit=limits.max_bytes)
+        return retry.call(f"GET {key}", get_bytes, client, bucket, key, limit=limits.max_bytes)
     except S3Error as error:
         if is_not_found(error):
             raise SourceMissing(f"source object not found: s3://{bucket}/{key}") from None
         raise
 
 
-def process_shard(client: Minio, shard: dict[str, Any], limits: ImageLimits) -> list[dict[str, Any]]:
+def process_shard(
+    client: Minio, shard: dict[str, Any], limits: ImageLimits, retry: RetryPolicy | None = None,
+) -> list[dict[str, Any]]:
     """Resize every image of a shard and upload its variants; returns one result record per image.
 
-    Downloads run one image ahead in a thread so network and CPU overlap. S3 errors other than a
-    missing source propagate: they are infrastructure errors and fail the pod.
+    Downloads run one image ahead in a thread so network and CPU overlap. Transient S3 errors are retried
+    (`retry`); others, and those that outlast the retry budget, propagate except a missing source: they are
+    infrastructure errors and fail the pod.
     """
+    retry = retry or RetryPolicy()
     targets = [Target.from_dict(t) for t in shard["targets"]]
     operations = Operations.from_dict(shard.get("operations"))
     source_bucket, output_bucket = shard["sourceBucket"], shard["outputBucket"]
@@ -64,10 +70,11 @@ def process_shard(client: Minio, shard: dict[str, Any], limits: ImageLimits) -> 
         pending: Future[bytes] | None = None
         for position, image in enumerate(images):
             if pending is None:
-                pending = pool.submit(_download, client, source_bucket, image["key"], limits)
+                pending = pool.submit(_download, client, source_bucket, image["key"], limits, retry)
             current, pending = pending, None
             if position + 1 < len(images):
-                pending = pool.submit(_download, client, source_bucket, images[position + 1]["key"], limits)
+                pending = pool.submit(_download, client, source_bucket, images[position + 1]["key"], limits,
+                                      retry)
             started = time.perf_counter()
             try:
                 rendered = render(current.result(), targets, operations, limits)
@@ -78,7 +85,8 @@ def process_shard(client: Minio, shard: dict[str, Any], limits: ImageLimits) -> 
             outputs = []
             for variant in rendered:
                 key = layout.output_key(shard["outputPrefix"], image["id"], variant.target, variant.extension)
-                put_bytes(client, output_bucket, key, variant.data, CONTENT_TYPES[variant.format])
+                retry.call(f"PUT {key}", put_bytes, client, output_bucket, key, variant.data,
+                           CONTENT_TYPES[variant.format])
                 outputs.append({
                     "target": variant.target, "path": key, "width": variant.width, "height": variant.height,
                     "format": variant.format, "bytes": len(variant.data),
@@ -94,6 +102,7 @@ def run_from_env() -> int:
     try:
         settings = S3Settings.from_env()
         limits = ImageLimits.from_env()
+        retry = RetryPolicy.from_env()
         work = os.environ["KRESIZE_WORK_PREFIX"]
         index = int(os.environ["JOB_COMPLETION_INDEX"])
     except (KeyError, ValueError) as error:
@@ -103,12 +112,12 @@ def run_from_env() -> int:
     results = layout.results_key(work, index)
     try:
         # Results are written last, so their presence means an earlier attempt finished this shard.
-        if object_exists(client, settings.bucket, results):
+        if retry.call("HEAD results", object_exists, client, settings.bucket, results):
             log.info("shard %d already done (%s); nothing to do", index, results)
             return 0
-        shard = get_json(client, settings.bucket, layout.shard_key(work, index))
-        records = process_shard(client, shard, limits)
-        put_json(client, settings.bucket, results, records)
+        shard = retry.call("GET shard", get_json, client, settings.bucket, layout.shard_key(work, index))
+        records = process_shard(client, shard, limits, retry)
+        retry.call("PUT results", put_json, client, settings.bucket, results, records)
     except Exception as error:  # noqa: BLE001 - any I/O failure here is an infrastructure error
         log.error("shard %d failed with an infrastructure error, the Job will retry it: %s: %s",
                   index, type(error).__name__, error)
