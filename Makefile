@@ -38,7 +38,7 @@ generate: install tools ## regenerate files derived from the CRD (chart CRD, pac
 bench: install ## resize throughput, latency and memory against a naive Pillow reference
 	$(PY) bench/bench_resize.py
 
-up: ## kind cluster + images + chart + a sample job (needs Docker)
+up: ## kind cluster + images + chart + sample images + a sample job (needs Docker, Python)
 	bash hack/up.sh
 
 down: ## delete the kind cluster

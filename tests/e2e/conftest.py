@@ -18,10 +18,13 @@ from pathlib import Path
 import kubernetes
 import pytest
 import urllib3
+from harness.examples import samples_module
 from minio import Minio
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "corpus"
+
+
 
 
 @dataclass
@@ -87,3 +90,9 @@ def cluster() -> Cluster:
         s3.make_bucket(bucket)
     return Cluster(api, namespace, os.environ.get("KRESIZE_E2E_API_URL", "http://localhost:30080"), s3, bucket,
                    kubectl)
+
+
+@pytest.fixture(scope="session")
+def samples(cluster) -> list:
+    """What `make up` seeds (hack/samples.py), seeded again here (idempotent) so the suite runs on any install."""
+    return samples_module().seed(cluster.s3, cluster.bucket, CORPUS)

@@ -9,29 +9,19 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import CORPUS, REPO
+from conftest import CORPUS
+from harness.examples import EXAMPLES, VALID_EXAMPLES, check_example_outputs
 from harness.procs import wait_for
-from kresize_common import layout
-from kresize_common.spec import Target, normalize_spec
-from kresize_resizer.pipeline import output_size
 from PIL import Image
 
 pytestmark = pytest.mark.e2e
 TERMINAL = {"Succeeded", "PartiallyFailed", "Failed"}
-EXAMPLES = REPO / "manifests" / "examples"
-FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "AVIF": "avif", "MPO": "jpeg"}
 
 
 
 def wait_finished(cluster, name: str, timeout: float = 600) -> dict:
     return wait_for(lambda: (cluster.resizejob(name).get("status") or {}).get("phase") in TERMINAL
                     and cluster.resizejob(name)["status"], timeout, interval=2, message=f"ResizeJob {name} to finish")
-
-
-def oriented_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as image:
-        w, h = image.size
-        return (h, w) if image.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)
 
 
 def upload_samples(cluster, prefix: str, paths: list[Path]) -> None:
@@ -43,30 +33,17 @@ def delete_resizejob(cluster, name: str) -> None:
     cluster.kubectl("delete", "resizejob", name, "--ignore-not-found", "--wait=true", check=False)
 
 
-@pytest.mark.parametrize("example", ["thumbnails", "webp-avif", "multi-target", "grayscale-blur"])
-def test_kubectl_apply_example(cluster, example):
-    photos = sorted((CORPUS / "photos").glob("*.jpg"))
-    upload_samples(cluster, "samples/", photos)
-    manifest = yaml.safe_load((EXAMPLES / f"{example}.yaml").read_text())
+@pytest.mark.parametrize("example", VALID_EXAMPLES)
+def test_kubectl_apply_example(cluster, samples, example):
+    """Each example exactly as a user runs it after `make up`: kubectl apply -n <namespace> -f <example>."""
+    path = EXAMPLES / f"{example}.yaml"
+    manifest = yaml.safe_load(path.read_text())
     name = manifest["metadata"]["name"]
     delete_resizejob(cluster, name)
-    cluster.kubectl("apply", "-f", str(EXAMPLES / f"{example}.yaml"))
+    cluster.kubectl("apply", "-f", str(path))
     try:
         status = wait_finished(cluster, name)
-        assert status["phase"] == "Succeeded", status
-        assert status["succeeded"] == status["total"] >= len(photos)
-        spec = normalize_spec(manifest["spec"])
-        out_prefix = status["results"]["outputPrefix"]
-        for path in photos:
-            width, height = oriented_size(path)
-            for raw in spec["targets"]:
-                target = Target.from_dict(raw)
-                fmt = target.format if target.format != "original" else "jpeg"
-                key = layout.output_key(out_prefix, path.stem, target.name, layout.FORMAT_EXTENSIONS[fmt])
-                data = cluster.s3.get_object(status["results"]["outputBucket"], key).read()
-                with Image.open(io.BytesIO(data)) as image:
-                    assert image.size == output_size(width, height, target), (path.name, target.name)
-                    assert FORMATS[image.format] == fmt, (path.name, target.name)
+        check_example_outputs(cluster.s3, manifest, status, samples)
     finally:
         delete_resizejob(cluster, name)
 
