@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -36,8 +37,11 @@ def multipart(files: list[Path], fields: dict[str, str]) -> tuple[bytes, str]:
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
-def call(url: str, data: bytes | None = None, content_type: str | None = None) -> dict:
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type} if content_type else {})
+def call(url: str, token: str, data: bytes | None = None, content_type: str | None = None) -> dict:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if content_type:
+        headers["Content-Type"] = content_type
+    request = urllib.request.Request(url, data=data, headers=headers)
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.load(response)
 
@@ -47,11 +51,13 @@ def main() -> int:
     parser.add_argument("--api", default="http://localhost:30080")
     parser.add_argument("--targets", default=json.dumps(DEFAULT_TARGETS), help="JSON list of targets")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--token", default=os.environ.get("KRESIZE_TOKEN", ""),
+                        help="API token (default: $KRESIZE_TOKEN)")
     parser.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args()
     body, content_type = multipart(args.files, {"targets": args.targets})
     try:
-        created = call(f"{args.api}/v1/jobs", body, content_type)
+        created = call(f"{args.api}/v1/jobs", args.token, body, content_type)
     except urllib.error.HTTPError as error:
         print(f"upload refused: {error.code} {error.read().decode(errors='replace')}", file=sys.stderr)
         return 1
@@ -59,7 +65,7 @@ def main() -> int:
     deadline = time.monotonic() + args.timeout
     job: dict = {}
     while time.monotonic() < deadline:
-        job = call(f"{args.api}{created['statusUrl']}")
+        job = call(f"{args.api}{created['statusUrl']}", args.token)
         progress = job["progress"]
         print(f"  {job['phase']:<16} {progress['done']}/{progress['total']} done, {progress['failed']} failed",
               flush=True)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make up`: a kind cluster with kresize installed, then a sample job. Needs only Docker. Idempotent.
+# `make up`: a kind cluster with kresize installed, the examples' sample images, then a sample job. Needs Docker
+# and Python 3.11+ (for the virtualenv that seeds the samples). Idempotent.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,16 +51,24 @@ for _ in $(seq 1 90); do
 done
 curl -fsS "$API/readyz" >/dev/null || { echo "the API is not ready: kubectl -n $NAMESPACE logs deploy/kresize-api" >&2; exit 1; }
 
+say "sample images for manifests/examples/ (s3://kresize/samples/)"
+make --no-print-directory install >/dev/null
+.venv/bin/python hack/samples.py --endpoint localhost:30900 --namespace "$NAMESPACE"
+
 say "the main job: every photo in $SAMPLES through the API"
 shopt -s nullglob
 photos=("$SAMPLES"/*.jpg "$SAMPLES"/*.jpeg "$SAMPLES"/*.png)
 [[ ${#photos[@]} -gt 0 ]] || { echo "no images in $SAMPLES" >&2; exit 1; }
+export KRESIZE_TOKEN
+KRESIZE_TOKEN="$(kubectl -n "$NAMESPACE" get secret kresize-api-tokens -o jsonpath='{.data.admin}' | base64 -d)"
 python3 hack/submit.py --api "$API" "${photos[@]}"
 
 cat <<TXT
 
 kresize is up:
-  API         $API   (curl -F files=@photo.jpg -F width=320 $API/v1/jobs)
-  S3 (MinIO)  http://localhost:30900
+  API         $API
+              TOKEN=\$(kubectl -n $NAMESPACE get secret kresize-api-tokens -o jsonpath='{.data.admin}' | base64 -d)
+              curl -H "Authorization: Bearer \$TOKEN" -F files=@photo.jpg -F width=320 $API/v1/jobs
+  S3          http://localhost:30900   (the bundled server: s3.server, MinIO by default)
   kubectl get rj -n $NAMESPACE     make e2e     make down
 TXT

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import kubernetes
 import pytest
 from harness.jobs import JobRunner
 from harness.kube import start_emulator
-from harness.pods import chart_program
+from harness.pods import chart_program, render_chart
 from harness.procs import Program, free_ports
 from harness.s3 import start_s3
 from kresize_common.s3 import ensure_bucket
@@ -86,6 +88,20 @@ def merge(base: dict, overrides: dict) -> dict:
     return merged
 
 
+TENANTS = ("alice", "bob")  # added to the chart's tokens Secret as a user would (kubectl patch)
+
+
+def install_api_tokens(api_client: kubernetes.client.ApiClient, namespace: str, s3_server) -> dict[str, str]:
+    """Create the chart's API tokens Secret (as `helm install` renders it) plus two tenants; their tokens."""
+    (secret,) = [doc for doc in render_chart(chart_values(s3_server.endpoint), namespace)
+                 if doc["kind"] == "Secret" and doc["metadata"]["name"].endswith("-api-tokens")]
+    tokens = {tenant: base64.b64decode(value).decode() for tenant, value in secret["data"].items()}
+    tokens.update({tenant: secrets.token_urlsafe(24) for tenant in TENANTS})
+    secret["data"] = {tenant: base64.b64encode(token.encode()).decode() for tenant, token in tokens.items()}
+    kubernetes.client.CoreV1Api(api_client).create_namespaced_secret(namespace, secret)
+    return tokens
+
+
 def create_s3_secret(api_client: kubernetes.client.ApiClient, namespace: str, s3_server) -> None:
     """The Secret the chart's `s3.existingSecret` names (keys accessKey, secretKey)."""
     kubernetes.client.CoreV1Api(api_client).create_namespaced_secret(namespace, {
@@ -134,6 +150,12 @@ class Platform:
     operator: Component
     restart: Callable[..., Component]
     api_component: Component
+    tokens: dict[str, str]  # tenant -> bearer token; "admin" is the chart's admin tenant
+
+    def client(self, tenant: str = "admin", **kwargs) -> httpx.Client:
+        """An HTTP client of the API, authenticated as `tenant` (None: no token)."""
+        headers = {"Authorization": f"Bearer {self.tokens[tenant]}"} if tenant else {}
+        return httpx.Client(base_url=self.api_url, headers=headers, timeout=kwargs.pop("timeout", 60), **kwargs)
 
     @property
     def custom(self) -> kubernetes.client.CustomObjectsApi:
@@ -162,6 +184,7 @@ def platform(s3_server, kube, tmp_path_factory) -> Platform:
     logs = tmp_path_factory.mktemp("logs")
     api_client = kube_api(kubeconfig)
     create_s3_secret(api_client, NAMESPACE, s3_server)
+    tokens = install_api_tokens(api_client, NAMESPACE, s3_server)
     ensure_bucket(s3_server.client(), BUCKET)  # what an installed system has after its first upload
     runner = JobRunner(kubeconfig=kubeconfig, namespace=NAMESPACE, log_dir=logs / "pods")
     runner.start()
@@ -171,7 +194,8 @@ def platform(s3_server, kube, tmp_path_factory) -> Platform:
 
     operator = start_operator()
     api = start_component("api", s3_server, kubeconfig, logs / "api.log")
-    platform = Platform(api.url, kubeconfig, api_client, s3_server.client(), runner, operator, start_operator, api)
+    platform = Platform(api.url, kubeconfig, api_client, s3_server.client(), runner, operator, start_operator, api,
+                        tokens)
     yield platform
     print(f"\n--- operator log tail ---\n{platform.operator.program.tail(40)}\n"
           f"--- api log tail ---\n{api.program.tail(20)}")

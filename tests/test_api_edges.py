@@ -20,6 +20,10 @@ def unique_png(side: int = 16) -> bytes:
     return out.getvalue()
 
 
+def admin(platform) -> dict[str, str]:
+    return {"Authorization": f"Bearer {platform.tokens['admin']}"}
+
+
 def resizejob_names(platform) -> set[str]:
     items = platform.custom.list_namespaced_custom_object("kresize.dev", "v1alpha1", NAMESPACE, "resizejobs")
     return {item["metadata"]["name"] for item in items["items"]}
@@ -31,7 +35,7 @@ def test_s3_unreachable(platform, s3_server, kube, tmp_path):
     url = api.url
     try:
         before = resizejob_names(platform)
-        response = httpx.post(f"{url}/v1/jobs", files=[("files", ("a.png", unique_png()))],
+        response = httpx.post(f"{url}/v1/jobs", headers=admin(platform), files=[("files", ("a.png", unique_png()))],
                               data={"width": "10"}, timeout=60)
         assert response.status_code == 503, response.text
         assert "unavailable" in response.json()["detail"]
@@ -42,7 +46,7 @@ def test_s3_unreachable(platform, s3_server, kube, tmp_path):
         platform.custom.create_namespaced_custom_object("kresize.dev", "v1alpha1", NAMESPACE, "resizejobs", {
             "apiVersion": "kresize.dev/v1alpha1", "kind": "ResizeJob", "metadata": {"name": "read-s3-down"},
             "spec": {"source": {"prefix": "nothing-here/"}, "targets": [{"name": "t", "width": 10}]}})
-        read = httpx.get(f"{url}/v1/jobs/read-s3-down", timeout=60)
+        read = httpx.get(f"{url}/v1/jobs/read-s3-down", headers=admin(platform), timeout=60)
         assert read.status_code == 503, read.text
         assert read.json()["detail"].startswith("S3 is unavailable, try again later"), read.text
     finally:
@@ -57,7 +61,7 @@ def test_kubernetes_unreachable_leaves_no_orphans(platform, s3_server, kube, tmp
     url = api.url
     try:
         before = {o.object_name for o in platform.s3.list_objects(BUCKET, recursive=True)}
-        response = httpx.post(f"{url}/v1/jobs", files=[("files", ("a.png", unique_png()))],
+        response = httpx.post(f"{url}/v1/jobs", headers=admin(platform), files=[("files", ("a.png", unique_png()))],
                               data={"width": "10"}, timeout=60)
         assert response.status_code == 503, response.text
         after = {o.object_name for o in platform.s3.list_objects(BUCKET, recursive=True)}
@@ -99,9 +103,11 @@ def test_size_limits_answer_413_and_create_nothing(platform, s3_server, kube, tm
     url = api.url
     try:
         before = resizejob_names(platform)
-        big_file = httpx.post(f"{url}/v1/jobs", files=[("files", ("a.png", unique_png(40)))], data={"width": "10"})
+        big_file = httpx.post(f"{url}/v1/jobs", headers=admin(platform), files=[("files", ("a.png", unique_png(40)))],
+                              data={"width": "10"})
         assert big_file.status_code == 413 and "KRESIZE_MAX_FILE_BYTES" in big_file.text
-        big_request = httpx.post(f"{url}/v1/jobs", files=[("files", (f"{i}.png", unique_png())) for i in range(200)],
+        big_request = httpx.post(f"{url}/v1/jobs", headers=admin(platform),
+                                 files=[("files", (f"{i}.png", unique_png())) for i in range(200)],
                                  data={"width": "10"})
         assert big_request.status_code == 413 and "KRESIZE_MAX_REQUEST_BYTES" in big_request.text
         assert resizejob_names(platform) == before

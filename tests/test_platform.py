@@ -63,7 +63,7 @@ def upload(client: httpx.Client, paths: list[Path], **fields: str) -> httpx.Resp
 def test_upload_to_status_with_good_and_bad_images(platform, corpus):
     good = sorted((corpus / "orientation").glob("*.jpg")) + sorted((corpus / "photos").glob("*.jpg"))
     bad = sorted((corpus / "bad").iterdir())
-    with httpx.Client(base_url=platform.api_url, timeout=60) as client:
+    with platform.client() as client:
         response = upload(client, good + bad, targets=json.dumps(TARGETS))
         assert response.status_code == 202, response.text
         created = response.json()
@@ -205,8 +205,9 @@ def test_bad_requests_get_clear_errors_and_create_nothing(platform, files, field
     before = {j["metadata"]["name"] for j in platform.custom.list_namespaced_custom_object(
         "kresize.dev", "v1alpha1", NAMESPACE, "resizejobs")["items"]}
     multipart = [("files", (n, png.getvalue() if d is None else d, "image/png")) for n, d in files]
-    response = httpx.post(f"{platform.api_url}/v1/jobs", files=multipart or None, data=fields,
-                          timeout=30) if multipart else httpx.post(f"{platform.api_url}/v1/jobs", data=fields)
+    with platform.client() as client:
+        response = client.post("/v1/jobs", files=multipart or None, data=fields) if multipart \
+            else client.post("/v1/jobs", data=fields)
     assert response.status_code == status, response.text
     assert message in response.text
     after = {j["metadata"]["name"] for j in platform.custom.list_namespaced_custom_object(
@@ -221,8 +222,9 @@ def test_health_endpoints(platform):
 
 
 def test_unknown_job_is_404_and_list_shows_jobs(platform):
-    assert httpx.get(f"{platform.api_url}/v1/jobs/nope").status_code == 404
-    listing = httpx.get(f"{platform.api_url}/v1/jobs").json()["items"]
+    with platform.client() as client:
+        assert client.get("/v1/jobs/nope").status_code == 404
+        listing = client.get("/v1/jobs").json()["items"]
     assert all({"name", "phase", "progress"} <= set(item) for item in listing)
     assert httpx.get(f"{platform.api_url}/readyz").json() == {"status": "ready"}
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import kubernetes
 import urllib3
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from kresize_common import layout
 from kresize_common.kube import kube_client
 from kresize_common.s3 import ensure_bucket, make_client, object_exists, put_bytes
@@ -19,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from . import jobs
+from .auth import ANONYMOUS_ADMIN, TENANT_LABEL, Principal, TokenStore
 from .settings import ApiSettings
 from .uploads import Inspected, inspect_upload, spec_from_form
 
@@ -35,6 +38,25 @@ def _backend_unavailable(what: str, error: BaseException, *, created_nothing: bo
     return HTTPException(503, f"{what} is unavailable, {outcome}try again later ({type(error).__name__})")
 
 
+bearer = HTTPBearer(auto_error=False, description="an API token; its key in the tokens Secret names the tenant")
+
+
+def caller(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+           ) -> Principal:
+    """Who is calling: the tenant of a valid bearer token (401 otherwise), or everyone with KRESIZE_AUTH=none."""
+    tokens: TokenStore | None = request.app.state.tokens
+    if tokens is None:
+        return ANONYMOUS_ADMIN
+    principal = tokens.authenticate(credentials.credentials) if credentials else None
+    if principal is None:
+        raise HTTPException(401, "a valid API token is required: send 'Authorization: Bearer <token>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return principal
+
+
+Caller = Annotated[Principal, Depends(caller)]
+
+
 def create_app(
     settings: ApiSettings, *, kube: kubernetes.client.ApiClient | None = None, s3: Minio | None = None,
 ) -> FastAPI:
@@ -44,6 +66,28 @@ def create_app(
     public_s3 = make_client(settings.s3, endpoint=settings.s3.public_endpoint)
     resize_jobs = jobs.ResizeJobs(kube or kube_client(), settings.namespace, settings.kube_timeout_seconds)
     bucket = settings.s3.bucket
+    if settings.auth == "none":
+        tokens = None
+        log.warning("KRESIZE_AUTH=none: authentication is OFF and every caller is an admin; "
+                    "for local development only")
+    else:
+        tokens = TokenStore(Path(settings.tokens_dir), settings.admin_tenants)
+    app.state.tokens = tokens
+
+    def owned_job(name: str, who: Principal) -> dict[str, Any]:
+        """The job, if this caller may see it. Someone else's job is a 404, like a missing one, so that
+        job names (which can carry meaning) do not leak across tenants."""
+        try:
+            job = resize_jobs.get(name)
+        except kubernetes.client.exceptions.ApiException as error:
+            if error.status == 404:
+                raise HTTPException(404, f"no job named {name!r}") from None
+            raise _backend_unavailable("the Kubernetes API", error) from None
+        except BACKEND_ERRORS as error:
+            raise _backend_unavailable("the Kubernetes API", error) from None
+        if not who.owns(job["metadata"].get("labels")):
+            raise HTTPException(404, f"no job named {name!r}")
+        return job
 
     @app.middleware("http")
     async def limit_request_size(request: Request, call_next: Any) -> Any:
@@ -60,21 +104,25 @@ def create_app(
 
     @app.get("/readyz", tags=["health"])
     def readyz() -> JSONResponse:
-        problems = {}
+        # Open to anyone (probes carry no token), so it names the failing backend and nothing more: the
+        # endpoint, the exception and its text go to the log.
+        problems = []
         try:
             s3.bucket_exists(bucket)
         except BACKEND_ERRORS as error:
-            problems["s3"] = f"{type(error).__name__}: {error}"
+            log.warning("not ready: S3: %s: %s", type(error).__name__, error)
+            problems.append("s3")
         try:
             resize_jobs.ping()
         except BACKEND_ERRORS as error:
-            problems["kubernetes"] = f"{type(error).__name__}"
+            log.warning("not ready: Kubernetes API: %s: %s", type(error).__name__, error)
+            problems.append("kubernetes")
         if problems:
             return JSONResponse(status_code=503, content={"status": "unavailable", "problems": problems})
         return JSONResponse(content={"status": "ready"})
 
     @app.post("/v1/jobs", status_code=202, tags=["jobs"])
-    async def create_job(request: Request) -> JSONResponse:
+    async def create_job(request: Request, who: Caller) -> JSONResponse:
         """Multipart form: one or more `files`, plus resize parameters (see `spec_from_form`)."""
         form = await request.form(max_files=settings.max_files, max_fields=100)
         uploads = [v for k, v in form.multi_items() if k == "files" and isinstance(v, UploadFile)]
@@ -107,7 +155,7 @@ def create_app(
         keys = sorted({layout.original_key(f.sha256, f.extension) for f in accepted})
         spec["source"] = {"bucket": bucket, "prefix": layout.UPLOADS_SOURCE_PREFIX, "keys": keys}
         spec["output"] = {"bucket": bucket, "prefix": layout.default_output_prefix(settings.namespace, name)}
-        job = await run_in_threadpool(_store_and_create, name, spec, inspected, contents)
+        job = await run_in_threadpool(_store_and_create, name, spec, inspected, contents, who.tenant)
         body = {
             "name": job["metadata"]["name"],
             "statusUrl": str(request.url_for("get_job", name=name).path),
@@ -116,7 +164,7 @@ def create_app(
         return JSONResponse(status_code=202, content=body, headers={"Location": body["statusUrl"]})
 
     def _store_and_create(
-        name: str, spec: dict[str, Any], inspected: list[Inspected], contents: dict[str, bytes],
+        name: str, spec: dict[str, Any], inspected: list[Inspected], contents: dict[str, bytes], tenant: str,
     ) -> dict[str, Any]:
         """Store originals, the upload record and the ResizeJob; on any failure undo what this request
         stored (never objects that existed before it), so a failed request leaves nothing behind."""
@@ -131,7 +179,7 @@ def create_app(
             record_key = layout.upload_record_key(settings.namespace, name)
             jobs.save_upload_record(s3, bucket, settings.namespace, name, jobs.upload_record(inspected))
             created.append(record_key)
-            return resize_jobs.create(name, spec)
+            return resize_jobs.create(name, spec, tenant)
         except kubernetes.client.exceptions.ApiException as error:
             _undo(created)
             if error.status == 422:
@@ -151,23 +199,16 @@ def create_app(
                 log.error("could not remove s3://%s/%s after a failed request: %s", bucket, key, error)
 
     @app.get("/v1/jobs", tags=["jobs"])
-    def list_jobs() -> dict[str, Any]:
+    def list_jobs(who: Caller) -> dict[str, Any]:
         try:
-            items = resize_jobs.list()
+            items = resize_jobs.list(None if who.admin else f"{TENANT_LABEL}={who.tenant}")
         except BACKEND_ERRORS as error:
             raise _backend_unavailable("the Kubernetes API", error) from None
         return {"items": [jobs.summary(j) for j in items]}
 
     @app.get("/v1/jobs/{name}", tags=["jobs"], name="get_job")
-    def get_job(name: str) -> dict[str, Any]:
-        try:
-            job = resize_jobs.get(name)
-        except kubernetes.client.exceptions.ApiException as error:
-            if error.status == 404:
-                raise HTTPException(404, f"no job named {name!r}") from None
-            raise _backend_unavailable("the Kubernetes API", error) from None
-        except BACKEND_ERRORS as error:
-            raise _backend_unavailable("the Kubernetes API", error) from None
+    def get_job(name: str, who: Caller) -> dict[str, Any]:
+        job = owned_job(name, who)
         status = job.get("status") or {}
         try:
             files = jobs.file_states(s3, public_s3, job, settings.namespace, bucket, settings.presign_expiry_seconds)
@@ -179,5 +220,18 @@ def create_app(
             "failures": status.get("failures", []),
             "files": files,
         }
+
+    @app.delete("/v1/jobs/{name}", status_code=202, tags=["jobs"])
+    def delete_job(name: str, who: Caller) -> dict[str, str]:
+        """Delete the job: its Job and pods go with it (owner references)."""
+        owned_job(name, who)
+        try:
+            resize_jobs.delete(name)
+        except kubernetes.client.exceptions.ApiException as error:
+            if error.status != 404:  # gone meanwhile: what was asked for
+                raise _backend_unavailable("the Kubernetes API", error) from None
+        except BACKEND_ERRORS as error:
+            raise _backend_unavailable("the Kubernetes API", error) from None
+        return {"name": name, "status": "deleting"}
 
     return app

@@ -12,6 +12,7 @@ from kresize_common.s3 import get_json, get_json_or_none, put_json
 from kresize_common.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from minio import Minio
 
+from .auth import TENANT_LABEL
 from .uploads import Inspected
 
 
@@ -26,12 +27,9 @@ class ResizeJobs:
         self.namespace = namespace
         self.timeout = timeout
 
-    def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        body = {
-            "apiVersion": API_VERSION, "kind": KIND,
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/created-by": "kresize-api"}},
-            "spec": spec,
-        }
+    def create(self, name: str, spec: dict[str, Any], tenant: str) -> dict[str, Any]:
+        labels = {"app.kubernetes.io/created-by": "kresize-api", TENANT_LABEL: tenant}
+        body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "labels": labels}, "spec": spec}
         return self.custom.create_namespaced_custom_object(
             GROUP, VERSION, self.namespace, PLURAL, body, _request_timeout=self.timeout)
 
@@ -39,10 +37,16 @@ class ResizeJobs:
         return self.custom.get_namespaced_custom_object(
             GROUP, VERSION, self.namespace, PLURAL, name, _request_timeout=self.timeout)
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self, label_selector: str | None = None) -> list[dict[str, Any]]:
         result = self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, _request_timeout=self.timeout)
+            GROUP, VERSION, self.namespace, PLURAL, label_selector=label_selector or "",
+            _request_timeout=self.timeout)
         return result.get("items", [])
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name, propagation_policy="Background",
+            _request_timeout=self.timeout)
 
     def ping(self) -> None:
         self.custom.list_namespaced_custom_object(

@@ -3,7 +3,7 @@
 Skipped, with the reason, when no cluster is reachable. Settings (defaults fit `make up` on kind):
 KRESIZE_E2E_NAMESPACE (kresize), KRESIZE_E2E_API_URL (http://localhost:30080), KRESIZE_E2E_S3_ENDPOINT
 (localhost:30900), KRESIZE_E2E_S3_ACCESS_KEY / _SECRET_KEY (default: read from the Secret kresize-s3),
-KRESIZE_E2E_BUCKET (kresize).
+KRESIZE_E2E_BUCKET (kresize), KRESIZE_E2E_TOKEN (default: the admin token from the Secret kresize-api-tokens).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import kubernetes
 import pytest
 import urllib3
@@ -35,6 +36,13 @@ class Cluster:
     s3: Minio
     bucket: str
     kubectl_path: str
+    token: str  # the admin tenant's API token
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        """An HTTP client of the API with a bearer token (the admin's by default; "" for none)."""
+        token = self.token if token is None else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.api_url, headers=headers, timeout=300)
 
     @property
     def custom(self) -> kubernetes.client.CustomObjectsApi:
@@ -88,8 +96,10 @@ def cluster() -> Cluster:
     bucket = os.environ.get("KRESIZE_E2E_BUCKET", "kresize")
     if not s3.bucket_exists(bucket):
         s3.make_bucket(bucket)
+    token = os.environ.get("KRESIZE_E2E_TOKEN") or base64.b64decode(
+        kubernetes.client.CoreV1Api(api).read_namespaced_secret("kresize-api-tokens", namespace).data["admin"]).decode()
     return Cluster(api, namespace, os.environ.get("KRESIZE_E2E_API_URL", "http://localhost:30080"), s3, bucket,
-                   kubectl)
+                   kubectl, token)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import secrets
 from pathlib import Path
 
 import httpx
@@ -60,12 +61,12 @@ def test_upload_through_the_api(cluster):
     targets = [{"name": "thumb", "width": 200, "height": 200, "format": "webp"},
                {"name": "medium", "width": 800, "height": 800, "fit": "inside", "format": "jpeg"}]
     files = [("files", (p.name, p.read_bytes())) for p in good + bad]
-    response = httpx.post(f"{cluster.api_url}/v1/jobs", files=files, data={"targets": json.dumps(targets)},
-                          timeout=300)
+    with cluster.client() as client:
+        response = client.post("/v1/jobs", files=files, data={"targets": json.dumps(targets)})
     assert response.status_code == 202, response.text
     name = response.json()["name"]
     try:
-        body = wait_for(lambda: (b := httpx.get(f"{cluster.api_url}/v1/jobs/{name}", timeout=60).json())["phase"]
+        body = wait_for(lambda: (b := cluster.client().get(f"/v1/jobs/{name}").json())["phase"]
                         in TERMINAL and b, 600, interval=2, message=f"upload job {name}")
         assert body["phase"] == "PartiallyFailed"
         by_name = {f["filename"]: f for f in body["files"]}
@@ -138,14 +139,16 @@ def test_resizer_pod_deleted_mid_job(cluster):
 
 ALLOWED = {
     "kresize-operator": [("create", "jobs.batch"), ("patch", "resizejobs.kresize.dev/status"),
-                         ("watch", "resizejobs.kresize.dev"), ("create", "events"), ("get", "secrets/kresize-s3")],
+                         ("watch", "resizejobs.kresize.dev"), ("create", "events")],
     "kresize-api": [("create", "resizejobs.kresize.dev"), ("get", "resizejobs.kresize.dev"),
-                    ("list", "resizejobs.kresize.dev"), ("watch", "resizejobs.kresize.dev")],
+                    ("list", "resizejobs.kresize.dev"), ("watch", "resizejobs.kresize.dev"),
+                    ("delete", "resizejobs.kresize.dev")],
     "kresize-resizer": [],
 }
 DENIED = {
-    "kresize-operator": [("delete", "pods"), ("list", "secrets"), ("create", "deployments.apps")],
-    "kresize-api": [("delete", "resizejobs.kresize.dev"), ("create", "jobs.batch"), ("get", "secrets")],
+    "kresize-operator": [("delete", "pods"), ("list", "secrets"), ("get", "secrets/kresize-s3"),
+                         ("create", "deployments.apps")],
+    "kresize-api": [("patch", "resizejobs.kresize.dev"), ("create", "jobs.batch"), ("get", "secrets")],
     "kresize-resizer": [("get", "pods"), ("list", "resizejobs.kresize.dev"), ("get", "secrets"),
                         ("create", "events")],
 }
@@ -160,3 +163,28 @@ def test_rbac_least_privilege(cluster, account):
     for verb, resource in DENIED[account]:
         result = cluster.kubectl("auth", "can-i", verb, resource, f"--as={who}", check=False)
         assert result.stdout.strip() == "no", f"{account} must not be able to {verb} {resource}"
+
+
+def test_api_needs_a_token_and_keeps_tenants_apart(cluster):
+    """401 without a token; a tenant added to the tokens Secret (as NOTES.txt says) sees only its own jobs."""
+    with cluster.client("") as anonymous:
+        assert anonymous.get("/v1/jobs").status_code == 401
+    assert httpx.get(f"{cluster.api_url}/healthz", timeout=30).status_code == 200
+    tenant_token = secrets.token_hex(24)
+    cluster.kubectl("patch", "secret", "kresize-api-tokens", "--type", "merge",
+                    "-p", json.dumps({"stringData": {"e2e-tenant": tenant_token}}))
+    admin_job = "e2e-admin-only"
+    delete_resizejob(cluster, admin_job)
+    cluster.custom.create_namespaced_custom_object("kresize.dev", "v1alpha1", cluster.namespace, "resizejobs", {
+        "apiVersion": "kresize.dev/v1alpha1", "kind": "ResizeJob", "metadata": {"name": admin_job},
+        "spec": {"source": {"prefix": "samples/", "keys": ["landscape.jpg"]}, "targets": [{"name": "t", "width": 8}]}})
+    try:
+        with cluster.client(tenant_token) as tenant, cluster.client() as admin:
+            # The kubelet refreshes mounted Secrets within about a minute.
+            wait_for(lambda: tenant.get("/v1/jobs").status_code == 200, 180, interval=5, message="the new token")
+            assert tenant.get(f"/v1/jobs/{admin_job}").status_code == 404
+            assert admin.get(f"/v1/jobs/{admin_job}").status_code == 200
+    finally:
+        delete_resizejob(cluster, admin_job)
+        cluster.kubectl("patch", "secret", "kresize-api-tokens", "--type", "json",
+                        "-p", '[{"op": "remove", "path": "/data/e2e-tenant"}]', check=False)

@@ -61,12 +61,12 @@ def render_chart(values: Mapping[str, Any], namespace: str) -> list[dict[str, An
     return list(_render(json.dumps(values, sort_keys=True), namespace))
 
 
-def chart_container(objects: list[dict[str, Any]], component: str) -> dict[str, Any]:
-    """The one container of the chart's Deployment for `component` (api, operator)."""
+def chart_pod(objects: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    """The pod spec of the chart's Deployment for `component` (api, operator)."""
     for doc in objects:
         labels = doc["metadata"].get("labels") or {}
         if doc["kind"] == "Deployment" and labels.get("app.kubernetes.io/component") == component:
-            return doc["spec"]["template"]["spec"]["containers"][0]
+            return doc["spec"]["template"]["spec"]
     raise LookupError(f"the chart renders no Deployment for {component}")
 
 
@@ -114,23 +114,49 @@ def secret_reader(api: kubernetes.client.ApiClient, namespace: str) -> Callable[
     return read
 
 
+def secret_volumes(
+    pod: dict[str, Any], container: dict[str, Any], secret: Callable[[str], Mapping[str, str]], scratch: Path,
+) -> dict[str, Path]:
+    """The container's Secret volumes as the kubelet lays them out: a folder with one file per key."""
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    mounts: dict[str, Path] = {}
+    for mount in container.get("volumeMounts") or []:
+        source = volumes[mount["name"]].get("secret")
+        if source is None:
+            continue  # emptyDir /tmp: the sandbox's own /tmp
+        data = secret(source["secretName"])
+        if not data and not source.get("optional"):
+            raise RuntimeError(f"Secret {source['secretName']} is missing or empty (the pod would not start)")
+        folder = scratch / mount["name"]
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, value in data.items():
+            (folder / key).write_bytes(base64.b64decode(value))
+        mounts[mount["mountPath"]] = folder
+    return mounts
+
+
 def chart_program(
     component: str, *, values: Mapping[str, Any], namespace: str, api: kubernetes.client.ApiClient,
     kubeconfig: Path, log: Path, command: list[str] | None = None,
 ) -> Program:
     """The chart's `component` (api, operator) as its pod runs it; not started yet.
 
-    `command`, as in a pod spec, replaces the image's entrypoint (and the chart's command).
+    `command`, as in a pod spec, replaces the image's entrypoint (and the chart's command). Secret volumes
+    are written next to `log` and mounted where the pod would have them.
     """
-    container = chart_container(render_chart(values, namespace), component)
+    pod = chart_pod(render_chart(values, namespace), component)
+    container = pod["containers"][0]
     pod_name = f"{RELEASE}-{component}-7d9f8c6b5-x2x4q"
+    secret = secret_reader(api, namespace)
     env = {
         **IMAGE_ENV,
         "HOSTNAME": pod_name,
-        **resolve_env(container.get("env") or [], secret=secret_reader(api, namespace),
+        **resolve_env(container.get("env") or [], secret=secret,
                       fields={"metadata.name": pod_name, "metadata.namespace": namespace}),
         "KUBECONFIG": str(kubeconfig),
     }
+    mounts = secret_volumes(pod, container, secret, Path(tempfile.mkdtemp(prefix=f"{component}-volumes-",
+                                                                           dir=log.parent)))
     entrypoint = command or container.get("command") or [program(ENTRYPOINTS[component])]
     argv = [*entrypoint, *(container.get("args") or [])]
-    return Program(pod_argv(argv, env, read_only=[kubeconfig]), {}, log)
+    return Program(pod_argv(argv, env, read_only=[kubeconfig], mounts=mounts), {}, log)

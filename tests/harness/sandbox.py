@@ -46,13 +46,16 @@ def pod_argv(
     rootfs: Path | str = "/",
     read_only: Iterable[Path | str] = (),
     writable: Iterable[Path | str] = (),
+    mounts: Mapping[str, Path | str] | None = None,
     workdir: str = "/tmp",
 ) -> list[str]:
     """`argv` run as uid 65532 (no passwd entry) on a read-only `rootfs`, a fresh /tmp, and only `env`.
 
     `read_only` and `writable` are host paths made visible at the same path (files the test hands the
     program, like a kubeconfig standing in for the service-account mount, or an output folder); they are
-    mounted after /tmp, so paths under the host's /tmp (pytest's tmp_path) show through.
+    mounted after /tmp, so paths under the host's /tmp (pytest's tmp_path) show through. `mounts` maps a
+    pod's mount path under /var/run or /run (where Kubernetes mounts Secrets and service-account tokens) to a
+    host folder, mounted read-only on a fresh, read-only /run.
     """
     args = [
         bwrap(), "--unshare-user", "--uid", str(POD_UID), "--gid", str(POD_UID),
@@ -63,6 +66,15 @@ def pod_argv(
         args += ["--ro-bind", str(path), str(path)]
     for path in writable:
         args += ["--bind", str(path), str(path)]
+    if mounts:
+        args += ["--tmpfs", "/run"]
+        for target, source in mounts.items():
+            # /var/run is a link to /run; bwrap needs the real path to create the mount point.
+            real = "/run/" + target.removeprefix("/var/run/").removeprefix("/run/")
+            if not (target.startswith("/var/run/") or target.startswith("/run/")):
+                raise ValueError(f"pod mounts go under /var/run or /run here, not {target}")
+            args += ["--ro-bind", str(source), real]
+        args += ["--remount-ro", "/run"]
     args += ["--chdir", workdir, "--clearenv"]
     for key, value in env.items():
         args += ["--setenv", key, value]

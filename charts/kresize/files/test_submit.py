@@ -16,6 +16,8 @@ import zlib
 
 API = os.environ["KRESIZE_API_URL"].rstrip("/")
 TIMEOUT = float(os.environ.get("KRESIZE_TEST_TIMEOUT_SECONDS", "300"))
+# The admin tenant's token, from the tokens Secret (absent when the chart runs with api.auth.enabled=false).
+AUTH = {"Authorization": f"Bearer {os.environ['KRESIZE_TOKEN']}"} if os.environ.get("KRESIZE_TOKEN") else {}
 TERMINAL_FAILURES = {"Failed", "PartiallyFailed"}
 
 
@@ -66,7 +68,7 @@ def main() -> int:
     name = ""
     while not name:
         request = urllib.request.Request(
-            f"{API}/v1/jobs", data=body, method="POST", headers={"Content-Type": content_type}
+            f"{API}/v1/jobs", data=body, method="POST", headers={"Content-Type": content_type, **AUTH}
         )
         try:
             created = call(request)
@@ -93,7 +95,7 @@ def main() -> int:
     phase = ""
     while time.monotonic() < deadline:
         try:
-            status = call(urllib.request.Request(f"{API}/v1/jobs/{name}"))
+            status = call(urllib.request.Request(f"{API}/v1/jobs/{name}", headers=AUTH))
         except (urllib.error.URLError, OSError) as exc:
             print(f"GET /v1/jobs/{name} failed, retrying: {exc}")
         else:

@@ -79,26 +79,64 @@ Name of the Secret holding the S3 credentials (keys accessKey and secretKey).
 {{- end }}
 
 {{/*
-Host:port of the S3 endpoint the API and the operator use.
+The S3 server the components use: minio, seaweedfs or external (s3.server). The pre-s3.server switch
+`minio.enabled=false` still selects external while s3.server is left at minio.
+*/}}
+{{- define "kresize.s3Server" -}}
+{{- $server := .Values.s3.server | default "minio" | toString }}
+{{- if and (eq $server "minio") (hasKey .Values.minio "enabled") (not .Values.minio.enabled) }}
+{{- $server = "external" }}
+{{- end }}
+{{- if not (has $server (list "minio" "seaweedfs" "external")) }}
+{{- fail (printf "s3.server must be minio, seaweedfs or external, not %q" $server) }}
+{{- end }}
+{{- $server }}
+{{- end }}
+
+{{/*
+Image reference of a bundled S3 server, pinned by digest when one is set:
+include "kresize.s3ServerImage" .Values.minio.image gives repository:tag[@digest].
+*/}}
+{{- define "kresize.s3ServerImage" -}}
+{{- $ref := printf "%s:%s" .repository (toString .tag) }}
+{{- with .digest }}
+{{- $ref = printf "%s@%s" $ref . }}
+{{- end }}
+{{- $ref }}
+{{- end }}
+
+{{/*
+Host:port of the S3 endpoint the API and the operator use: the selected bundled server's Service
+(<fullname>-minio or <fullname>-seaweedfs), or s3.endpoint for an external S3.
 */}}
 {{- define "kresize.s3Endpoint" -}}
-{{- if .Values.minio.enabled }}
-{{- printf "%s.%s.svc:%v" (include "kresize.componentName" (dict "ctx" . "component" "minio")) .Release.Namespace .Values.minio.service.port }}
+{{- $server := include "kresize.s3Server" . }}
+{{- if eq $server "external" }}
+{{- required "s3.endpoint is required with s3.server=external" .Values.s3.endpoint }}
 {{- else }}
-{{- required "s3.endpoint is required when minio.enabled is false" .Values.s3.endpoint }}
+{{- $service := (index .Values $server).service }}
+{{- printf "%s.%s.svc:%v" (include "kresize.componentName" (dict "ctx" . "component" $server)) .Release.Namespace $service.port }}
 {{- end }}
 {{- end }}
 
+{{/*
+The bundled servers speak plain HTTP inside the cluster; s3.secure applies to an external S3 only.
+*/}}
 {{- define "kresize.s3Secure" -}}
-{{- if .Values.minio.enabled }}false{{ else }}{{ .Values.s3.secure | toString }}{{ end }}
+{{- if eq (include "kresize.s3Server" .) "external" }}{{ .Values.s3.secure | toString }}{{ else }}false{{ end }}
 {{- end }}
 
 {{/*
 Fails the render on inconsistent S3 settings.
 */}}
 {{- define "kresize.validate" -}}
-{{- if and (not .Values.minio.enabled) (not .Values.s3.existingSecret) }}
-{{- fail "with minio.enabled=false, set s3.existingSecret to a Secret with keys accessKey and secretKey for the external S3" }}
+{{- if eq (include "kresize.s3Server" .) "external" }}
+{{- if not .Values.s3.endpoint }}
+{{- fail "with s3.server=external, set s3.endpoint to the host:port of the external S3" }}
+{{- end }}
+{{- if not .Values.s3.existingSecret }}
+{{- fail "with s3.server=external, set s3.existingSecret to a Secret with keys accessKey and secretKey for the external S3" }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -149,4 +187,11 @@ The writable /tmp of every container.
 {{- define "kresize.tmpMount" -}}
 - name: tmp
   mountPath: /tmp
+{{- end }}
+
+{{/*
+Name of the Secret holding the API's bearer tokens (one key per tenant).
+*/}}
+{{- define "kresize.apiTokensSecretName" -}}
+{{- .Values.api.auth.existingSecret | default (include "kresize.componentName" (dict "ctx" . "component" "api-tokens")) }}
 {{- end }}
