@@ -36,6 +36,7 @@ CRD = REPO / "manifests" / "crds" / "resizejobs.kresize.dev.yaml"
 NAMESPACE = "default"
 BUCKET = "kresize"
 SECRET = "kresize-s3"
+ALLOWED_MISSING_BUCKET = "allowed-but-missing"  # allowed by the storage policy, never created
 
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
@@ -73,7 +74,7 @@ def chart_values(s3_endpoint: str, *, api_port: int = 8080, health_port: int = 8
                "publicEndpoint": f"http://{s3_endpoint}"},
         "minio": {"enabled": False},
         "api": {"port": api_port},
-        "operator": {"healthPort": health_port, "maxParallelism": 2,
+        "operator": {"healthPort": health_port, "maxParallelism": 2, "allowedBuckets": [ALLOWED_MISSING_BUCKET],
                      # Not a chart value: a fast sync keeps the tests short.
                      "extraEnv": [{"name": "KRESIZE_SYNC_INTERVAL_SECONDS", "value": "0.5"}]},
     }

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kresize_common.spec import SpecError, normalize_spec
 
 CRD = yaml.safe_load((Path(__file__).resolve().parents[1] / "manifests/crds/resizejobs.kresize.dev.yaml").read_text())
 (VERSION,) = CRD["spec"]["versions"]
@@ -44,3 +48,41 @@ def test_names_status_and_printer_columns():
                        "Age": ".metadata.creationTimestamp"}
     conditions = SCHEMA["properties"]["status"]["properties"]["conditions"]["items"]["properties"]
     assert {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"} <= set(conditions)
+
+
+# --- object keys and prefixes: names, never paths -------------------------------------------------------
+
+FORBIDDEN_IN_KEYS = {chr(c) for c in range(0x20)} | {"\x7f", "\\", "%"}
+
+
+def safe_key(key: str) -> bool:
+    """The rule, written plainly: non-empty segments, none starting with '.', no control character,
+    backslash or percent sign (which S3 implementations decode differently)."""
+    segments = key.split("/")
+    if key.endswith("/"):
+        segments = segments[:-1]
+    return all(s and not s.startswith(".") for s in segments) and not FORBIDDEN_IN_KEYS & set(key)
+
+
+def spec_with_key(key: str) -> dict:
+    return {"source": {"prefix": "in/", "keys": [key]}, "output": {"prefix": f"results/ns/{key}"},
+            "targets": [{"name": "t", "width": 8}]}
+
+
+@pytest.mark.parametrize("key", ["..", "a/../b", ".", "./a", ".hidden/a.jpg", "a/.git/config", "a\x00b", "a\nb",
+                                 "%2e%2e/a", "a%2Fb", "a\\..\\b", "/etc/passwd", "a//b"])
+def test_hostile_keys_are_refused(key):
+    with pytest.raises(SpecError, match="not a safe object key"):
+        normalize_spec(spec_with_key(key))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet=st.sampled_from(["a", "é", ".", "/", "%", "\\", "\x00", "\n", " ", "-", "2", "e"]),
+               min_size=1, max_size=12))
+def test_the_crd_pattern_is_exactly_the_safe_key_rule(key):
+    try:
+        normalize_spec(spec_with_key(key))
+        accepted = True
+    except SpecError:
+        accepted = False
+    assert accepted == safe_key(key), key

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import kubernetes
 import pytest
-from conftest import BUCKET, NAMESPACE
+from conftest import ALLOWED_MISSING_BUCKET, BUCKET, NAMESPACE
 from harness.procs import wait_for
 from PIL import Image
 
@@ -141,14 +141,14 @@ def test_kubectl_style_resizejob_over_a_prefix(platform, corpus):
         "spec": {"source": {"prefix": "samples/kubectl/"},
                  "targets": [{"name": "small", "width": 160, "format": "avif", "upscale": False}],
                  "operations": {"grayscale": True},
-                 "output": {"prefix": "out/kubectl/"}},
+                 "output": {"prefix": f"results/{NAMESPACE}/kubectl/"}},
     })
     status = wait_for(lambda: (platform.resizejob(name).get("status") or {}).get("phase") in TERMINAL
                       and platform.resizejob(name)["status"], 240, message=f"{name} to finish")
     assert status["phase"] == "Succeeded", status
     assert (status["total"], status["succeeded"], status["failed"]) == (len(photos), len(photos), 0)
     for path in photos:
-        data = platform.s3.get_object(BUCKET, f"out/kubectl/{path.stem}/small.avif").read()
+        data = platform.s3.get_object(BUCKET, f"results/{NAMESPACE}/kubectl/{path.stem}/small.avif").read()
         with Image.open(io.BytesIO(data)) as image:
             width, height = oriented_size(path)
             assert image.format == "AVIF"
@@ -272,12 +272,12 @@ def test_killed_resizer_pod_is_retried_and_parallelism_follows_the_work(platform
 def test_missing_output_bucket_fails_fast_with_a_reason(platform, corpus):
     platform.s3.fput_object(BUCKET, "samples/nobucket/a.jpg", str(corpus / "photos" / "DSCN0010.jpg"))
     create_resizejob(platform, "nobucket", {"source": {"prefix": "samples/nobucket/"},
-                                            "output": {"bucket": "does-not-exist"},
+                                            "output": {"bucket": ALLOWED_MISSING_BUCKET},
                                             "targets": [{"name": "t", "width": 10}]})
     status = wait_phase(platform, "nobucket", TERMINAL, 60)
     assert status["phase"] == "Failed"
     failed = {c["type"]: c for c in status["conditions"]}["Failed"]
-    assert failed["reason"] == "SourceNotFound" and "does-not-exist" in failed["message"]
+    assert failed["reason"] == "SourceNotFound" and ALLOWED_MISSING_BUCKET in failed["message"]
     assert platform.batch.list_namespaced_job(NAMESPACE, label_selector="kresize.dev/resizejob=nobucket").items == []
 
 

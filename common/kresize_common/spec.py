@@ -59,10 +59,15 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
     return value
 
 
+_END_ANCHOR = re.compile(r"(?<!\\)\$")
+
+
 def _json_schema(schema: Any) -> Any:
-    """Drop the `x-kubernetes-*` extensions; what remains is plain JSON Schema."""
+    """Drop the `x-kubernetes-*` extensions; what remains is plain JSON Schema. Patterns get Python's `\\Z`
+    for `$`: the apiserver's `$` is the end of the text, Python's also matches before a final newline."""
     if isinstance(schema, dict):
-        return {k: _json_schema(v) for k, v in schema.items() if not k.startswith("x-kubernetes-")}
+        return {k: _END_ANCHOR.sub(r"\\Z", v) if k == "pattern" and isinstance(v, str) else _json_schema(v)
+                for k, v in schema.items() if not k.startswith("x-kubernetes-")}
     if isinstance(schema, list):
         return [_json_schema(v) for v in schema]
     return schema
@@ -115,6 +120,9 @@ def _message(error: jsonschema.ValidationError) -> str:
     if error.validator == "anyOf":
         needed = [" or ".join(s.get("required", [])) for s in error.validator_value]
         return f"needs at least one of: {', '.join(needed)}"
+    if error.validator == "pattern" and "\\x00-" in error.validator_value:  # the object-key pattern
+        return (f"{error.instance!r} is not a safe object key: no leading slash, empty segment, segment "
+                "starting with '.', control character, backslash or percent sign")
     if error.validator == "pattern":
         return f"{error.instance!r} is not allowed (must match {error.validator_value})"
     if error.validator == "enum":

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from kresize_common.config import ImageLimits, S3Settings, default_namespace, env_bool, env_int, env_str
 
+from .policy import StoragePolicy
+
 
 @dataclass(frozen=True)
 class Sharding:
@@ -33,6 +35,7 @@ class OperatorConfig:
     sync_interval: float = 5.0
     max_status_failures: int = 20
     s3_retry_seconds: int = 120
+    policy: StoragePolicy = field(default_factory=lambda: StoragePolicy("kresize"))
     resources: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
@@ -57,6 +60,8 @@ class OperatorConfig:
             sync_interval=float(env_str("KRESIZE_SYNC_INTERVAL_SECONDS", str(cls.sync_interval))),
             max_status_failures=env_int("KRESIZE_MAX_STATUS_FAILURES", cls.max_status_failures, minimum=0),
             s3_retry_seconds=env_int("KRESIZE_S3_RETRY_SECONDS", cls.s3_retry_seconds, minimum=0),
+            policy=StoragePolicy(s3.bucket, frozenset(
+                b.strip() for b in os.environ.get("KRESIZE_ALLOWED_BUCKETS", "").split(",") if b.strip())),
             resources={
                 "requests": {
                     "cpu": env_str("KRESIZE_RESIZER_CPU_REQUEST", "500m"),

@@ -23,7 +23,7 @@ from kresize_common.s3 import make_client
 from kresize_common.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION, SpecError, normalize_spec
 from kubernetes.client.exceptions import ApiException
 
-from . import planning
+from . import planning, policy
 from .config import OperatorConfig
 from .jobs import build_job
 from .storage import PermanentSourceError, Placement, ensure_plan, placement_for, shard_records
@@ -119,6 +119,13 @@ async def start(
         return
     work = layout.work_prefix(namespace, name, uid)
     placement = placement_for(normalized, namespace, name, CONFIG)
+    try:
+        policy.check(normalized, namespace, CONFIG.policy, source_bucket=placement.source_bucket,
+                     output_bucket=placement.output_bucket, output_prefix=placement.output_prefix)
+    except policy.PolicyViolation as error:
+        _fail(patch, generation, status, "Forbidden", str(error))
+        await post_event(memo, body, "Warning", "Forbidden", str(error))
+        return
     try:
         plan = await asyncio.to_thread(ensure_plan, memo.s3, CONFIG, work, normalized, placement)
     except PermanentSourceError as error:

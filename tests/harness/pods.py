@@ -137,10 +137,13 @@ def secret_volumes(
 
 def chart_program(
     component: str, *, values: Mapping[str, Any], namespace: str, api: kubernetes.client.ApiClient,
-    kubeconfig: Path, log: Path, command: list[str] | None = None,
+    kubeconfig: Path, log: Path, command: list[str] | None = None, rootfs: Path | str = "/",
+    image_env: Mapping[str, str] = IMAGE_ENV, entrypoint: list[str] | None = None,
 ) -> Program:
     """The chart's `component` (api, operator) as its pod runs it; not started yet.
 
+    By default on the host's root filesystem with the test virtualenv standing in for the image; with
+    `rootfs`, `image_env` and `entrypoint` from a built image (tests/test_images.py), on that image.
     `command`, as in a pod spec, replaces the image's entrypoint (and the chart's command). Secret volumes
     are written next to `log` and mounted where the pod would have them.
     """
@@ -149,7 +152,7 @@ def chart_program(
     pod_name = f"{RELEASE}-{component}-7d9f8c6b5-x2x4q"
     secret = secret_reader(api, namespace)
     env = {
-        **IMAGE_ENV,
+        **image_env,
         "HOSTNAME": pod_name,
         **resolve_env(container.get("env") or [], secret=secret,
                       fields={"metadata.name": pod_name, "metadata.namespace": namespace}),
@@ -157,6 +160,6 @@ def chart_program(
     }
     mounts = secret_volumes(pod, container, secret, Path(tempfile.mkdtemp(prefix=f"{component}-volumes-",
                                                                            dir=log.parent)))
-    entrypoint = command or container.get("command") or [program(ENTRYPOINTS[component])]
-    argv = [*entrypoint, *(container.get("args") or [])]
-    return Program(pod_argv(argv, env, read_only=[kubeconfig], mounts=mounts), {}, log)
+    argv = [*(command or container.get("command") or entrypoint or [program(ENTRYPOINTS[component])]),
+            *(container.get("args") or [])]
+    return Program(pod_argv(argv, env, rootfs=rootfs, read_only=[kubeconfig], mounts=mounts), {}, log)
