@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from kresize_api.uploads import display_name, inspect_upload, spec_from_form
 from kresize_common.config import ImageLimits
-from kresize_common.spec import SpecError
+from kresize_common.spec import Operations, SpecError, Target
+from kresize_resizer.pipeline import render
 from PIL import Image
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
@@ -77,3 +78,21 @@ def test_invalid_parameters_are_explained(form, message):
     with pytest.raises(SpecError) as raised:
         spec_from_form(form)
     assert message in str(raised.value)
+
+
+def mpo_bytes() -> bytes:
+    """A camera-style JPEG with a second frame (Multi-Picture Format), which Pillow reports as MPO."""
+    with Image.open(CORPUS / "photos" / "DSCN0010.jpg") as photo:
+        first = photo.convert("RGB").resize((64, 48))
+    out = io.BytesIO()
+    first.save(out, "MPO", save_all=True, append_images=[first.resize((32, 24))])
+    return out.getvalue()
+
+
+def test_camera_mpo_jpegs_are_accepted_as_the_resizer_handles_them():
+    data = mpo_bytes()
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    result = inspect_upload("camera.jpg", data, LIMITS)
+    assert result.error is None and (result.extension, result.content_type) == ("jpg", "image/jpeg")
+    (variant,) = render(data, [Target.from_dict({"name": "t", "width": 32})], Operations.from_dict(None), LIMITS)
+    assert (variant.format, variant.width) == ("jpeg", 32)

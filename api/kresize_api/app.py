@@ -12,6 +12,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from kresize_common import layout
+from kresize_common.formats import ACCEPTED_NAMES
 from kresize_common.kube import kube_client
 from kresize_common.s3 import ensure_bucket, make_client, object_exists, put_bytes
 from kresize_common.spec import SpecError
@@ -149,7 +150,7 @@ def create_app(
             rejected = [{"filename": f.filename, "error": f.error} for f in inspected]
             all_empty = all(f.size == 0 for f in inspected)
             raise HTTPException(400 if all_empty else 415, {
-                "message": "no uploaded file is a supported image (JPEG, PNG, WebP, AVIF, GIF, TIFF, BMP)",
+                "message": f"no uploaded file is a supported image ({ACCEPTED_NAMES})",
                 "files": rejected})
         name = jobs.new_job_name()
         keys = sorted({layout.original_key(f.sha256, f.extension) for f in accepted})

@@ -12,19 +12,9 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from kresize_common.config import ImageLimits
+from kresize_common.formats import ACCEPTED_NAMES, INPUTS
 from kresize_common.spec import SpecError, normalize_spec
 from PIL import Image, UnidentifiedImageError
-
-# Pillow format name -> (extension, content type) for the inputs kresize accepts.
-ACCEPTED_FORMATS = {
-    "JPEG": ("jpg", "image/jpeg"),
-    "PNG": ("png", "image/png"),
-    "WEBP": ("webp", "image/webp"),
-    "AVIF": ("avif", "image/avif"),
-    "GIF": ("gif", "image/gif"),
-    "TIFF": ("tiff", "image/tiff"),
-    "BMP": ("bmp", "image/bmp"),
-}
 
 
 @dataclass(frozen=True)
@@ -68,14 +58,12 @@ def inspect_upload(filename: str | None, data: bytes, limits: ImageLimits) -> In
         return Inspected(name, len(data), digest, error=reason)
     except Image.DecompressionBombError as error:
         return Inspected(name, len(data), digest, error=f"too many pixels: {error}")
-    if fmt not in ACCEPTED_FORMATS:
-        return Inspected(name, len(data), digest,
-                         error=f"unsupported image format {fmt}; send JPEG, PNG, WebP, AVIF, GIF, TIFF or BMP")
+    if fmt not in INPUTS:
+        return Inspected(name, len(data), digest, error=f"unsupported image format {fmt}; send {ACCEPTED_NAMES}")
     if width * height > limits.max_pixels:
         return Inspected(name, len(data), digest, error=(
             f"too many pixels: {width}x{height} = {width * height} > limit {limits.max_pixels} (KRESIZE_MAX_PIXELS)"))
-    extension, content_type = ACCEPTED_FORMATS[fmt]
-    return Inspected(name, len(data), digest, extension=extension, content_type=content_type,
+    return Inspected(name, len(data), digest, extension=INPUTS[fmt].extension, content_type=INPUTS[fmt].content_type,
                      width=width, height=height)
 
 

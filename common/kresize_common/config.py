@@ -80,14 +80,32 @@ class S3Settings:
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Per-image safety limits (imgproxy's 50 MP default for pixels)."""
+    """Per-image safety limits, on input and on output (imgproxy's 50 MP default for input pixels).
+
+    With the defaults a resizer pod stays inside 1 GiB on any input that passes them: see docs/design.md,
+    "Memory bounds".
+    """
 
     max_pixels: int = 50_000_000
     max_bytes: int = 50 * 1024 * 1024
+    max_output_pixels: int = 50_000_000  # one variant
+    max_total_output_pixels: int = 100_000_000  # all variants of one image together
 
     @classmethod
     def from_env(cls) -> ImageLimits:
         return cls(
             max_pixels=env_int("KRESIZE_MAX_PIXELS", cls.max_pixels, minimum=1),
             max_bytes=env_int("KRESIZE_MAX_FILE_BYTES", cls.max_bytes, minimum=1),
+            max_output_pixels=env_int("KRESIZE_MAX_OUTPUT_PIXELS", cls.max_output_pixels, minimum=1),
+            max_total_output_pixels=env_int("KRESIZE_MAX_TOTAL_OUTPUT_PIXELS", cls.max_total_output_pixels,
+                                            minimum=1),
         )
+
+    def job_env(self) -> list[dict[str, str]]:
+        """The limits as env of a Job's pods (the operator passes its own limits on)."""
+        return [
+            {"name": "KRESIZE_MAX_PIXELS", "value": str(self.max_pixels)},
+            {"name": "KRESIZE_MAX_FILE_BYTES", "value": str(self.max_bytes)},
+            {"name": "KRESIZE_MAX_OUTPUT_PIXELS", "value": str(self.max_output_pixels)},
+            {"name": "KRESIZE_MAX_TOTAL_OUTPUT_PIXELS", "value": str(self.max_total_output_pixels)},
+        ]

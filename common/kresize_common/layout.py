@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import posixpath
 
+from .formats import OUTPUTS
+
 UPLOADS_SOURCE_PREFIX = "originals/"
 
-FORMAT_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "avif": "avif"}
+FORMAT_EXTENSIONS = {name: f.extension for name, f in OUTPUTS.items()}  # variant extensions by target format
 
 
 def work_prefix(namespace: str, name: str, uid: str) -> str:

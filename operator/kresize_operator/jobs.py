@@ -39,8 +39,7 @@ def build_job(
         {"name": "KRESIZE_S3_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": secret, "key": "accessKey"}}},
         {"name": "KRESIZE_S3_SECRET_KEY", "valueFrom": {"secretKeyRef": {"name": secret, "key": "secretKey"}}},
         {"name": "KRESIZE_WORK_PREFIX", "value": work_prefix},
-        {"name": "KRESIZE_MAX_PIXELS", "value": str(config.limits.max_pixels)},
-        {"name": "KRESIZE_MAX_FILE_BYTES", "value": str(config.limits.max_bytes)},
+        *config.limits.job_env(),
         {"name": "KRESIZE_S3_RETRY_SECONDS", "value": str(config.s3_retry_seconds)},
     ]
     pod_spec: dict[str, Any] = {

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kresize_common.config import ImageLimits
+from kresize_common.formats import INPUTS
 from kresize_common.layout import FORMAT_EXTENSIONS
 from kresize_common.spec import Operations, Target
 from PIL import Image, ImageCms, ImageFilter, ImageOps, UnidentifiedImageError
@@ -27,8 +28,6 @@ from PIL import Image, ImageCms, ImageFilter, ImageOps, UnidentifiedImageError
 # Our own limits are checked first and explicitly; Pillow's bomb check stays on as a backstop.
 Image.MAX_IMAGE_PIXELS = None
 
-INPUT_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "AVIF", "GIF", "TIFF", "BMP", "MPO"})
-ORIGINAL_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "AVIF": "avif"}
 ROTATED_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _SRGB = ImageCms.createProfile("sRGB")
 
@@ -111,7 +110,7 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
         raise ImageError("not an image (unrecognised data)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(f"image is corrupt: {error}") from None
-    if image.format not in INPUT_FORMATS:
+    if image.format not in INPUTS:
         raise ImageError(f"unsupported image format {image.format}")
     width, height = image.size
     if width * height > limits.max_pixels:
@@ -221,7 +220,7 @@ def _apply_operations(image: Image.Image, operations: Operations) -> Image.Image
 
 def _output_format(source_format: str, target: Target) -> str:
     if target.format == "original":
-        return ORIGINAL_FORMATS.get(source_format, "png")
+        return INPUTS[source_format].original_output
     return target.format
 
 

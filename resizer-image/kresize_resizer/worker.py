@@ -17,6 +17,7 @@ from typing import Any
 
 from kresize_common import layout
 from kresize_common.config import ImageLimits, S3Settings
+from kresize_common.formats import OUTPUTS
 from kresize_common.s3 import (
     RetryPolicy,
     get_bytes,
@@ -35,7 +36,6 @@ from .pipeline import ImageError, make_record, render
 
 log = logging.getLogger("kresize.resizer")
 
-CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "avif": "image/avif"}
 
 
 class SourceMissing(Exception):
@@ -86,7 +86,7 @@ def process_shard(
             for variant in rendered:
                 key = layout.output_key(shard["outputPrefix"], image["id"], variant.target, variant.extension)
                 retry.call(f"PUT {key}", put_bytes, client, output_bucket, key, variant.data,
-                           CONTENT_TYPES[variant.format])
+                           OUTPUTS[variant.format].content_type)
                 outputs.append({
                     "target": variant.target, "path": key, "width": variant.width, "height": variant.height,
                     "format": variant.format, "bytes": len(variant.data),
