@@ -37,6 +37,7 @@ NAMESPACE = "default"
 BUCKET = "kresize"
 SECRET = "kresize-s3"
 ALLOWED_MISSING_BUCKET = "allowed-but-missing"  # allowed by the storage policy, never created
+ORPHAN_GRACE_SECONDS = 15  # unreferenced originals live this long on the platform (tests/test_gc.py)
 
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
@@ -73,8 +74,11 @@ def chart_values(s3_endpoint: str, *, api_port: int = 8080, health_port: int = 8
         "s3": {"endpoint": s3_endpoint, "existingSecret": SECRET, "bucket": BUCKET,
                "publicEndpoint": f"http://{s3_endpoint}"},
         "minio": {"enabled": False},
-        "api": {"port": api_port},
+        "api": {"port": api_port,
+                # Not a chart value: a short Kubernetes timeout keeps the lost-response tests short.
+                "extraEnv": [{"name": "KRESIZE_KUBE_TIMEOUT_SECONDS", "value": "3"}]},
         "operator": {"healthPort": health_port, "maxParallelism": 2, "allowedBuckets": [ALLOWED_MISSING_BUCKET],
+                     "gc": {"intervalSeconds": 1, "orphanGraceSeconds": ORPHAN_GRACE_SECONDS},
                      # Not a chart value: a fast sync keeps the tests short.
                      "extraEnv": [{"name": "KRESIZE_SYNC_INTERVAL_SECONDS", "value": "0.5"}]},
     }

@@ -43,3 +43,17 @@ def test_hostile_keys_are_refused_by_the_apiserver(platform):
                 "apiVersion": "kresize.dev/v1alpha1", "kind": "ResizeJob", "metadata": {"name": "hostile-key"},
                 "spec": {"source": {"prefix": "samples/", "keys": [key]}, "targets": [{"name": "t", "width": 8}]}})
         assert refused.value.status == 422
+
+
+def test_output_beyond_the_limits_fails_before_any_io(platform):
+    """Made with kubectl (the API refuses it with 422): one 16384x16384 upscaled fill is 268 MP."""
+    name = "huge-output"
+    platform.custom.create_namespaced_custom_object("kresize.dev", "v1alpha1", NAMESPACE, "resizejobs", {
+        "apiVersion": "kresize.dev/v1alpha1", "kind": "ResizeJob", "metadata": {"name": name},
+        "spec": {"source": {"prefix": "samples/"},
+                 "targets": [{"name": "t", "width": 16384, "height": 16384, "fit": "fill", "upscale": True}]}})
+    status = wait_for(lambda: (platform.resizejob(name).get("status") or {}).get("phase") == "Failed"
+                      and platform.resizejob(name)["status"], 60, message=f"{name} to fail")
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec" and "KRESIZE_MAX_OUTPUT_PIXELS" in failed["message"], failed
+    assert platform.batch.list_namespaced_job(NAMESPACE, label_selector=f"kresize.dev/resizejob={name}").items == []

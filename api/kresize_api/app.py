@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,19 +15,24 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from kresize_common import layout
 from kresize_common.formats import ACCEPTED_NAMES
 from kresize_common.kube import kube_client
-from kresize_common.s3 import ensure_bucket, make_client, object_exists, put_bytes
+from kresize_common.s3 import ensure_bucket, make_client
 from kresize_common.spec import SpecError
 from minio import Minio
 from minio.error import S3Error
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from . import jobs
 from .auth import ANONYMOUS_ADMIN, TENANT_LABEL, Principal, TokenStore
+from .limits import BodyLimit
 from .settings import ApiSettings
 from .uploads import Inspected, inspect_upload, spec_from_form
 
 log = logging.getLogger("kresize.api")
+# Each uploaded file is kept in memory only up to this size, then spilled to a temporary file in /tmp
+# (Starlette's default is 1 MiB per file, which with a thousand files would be a gigabyte of memory).
+MultiPartParser.spool_max_size = 64 * 1024
 
 # Errors that mean a backend is unreachable or failing, not that the request is wrong.
 BACKEND_ERRORS = (S3Error, urllib3.exceptions.HTTPError, OSError, kubernetes.client.exceptions.ApiException)
@@ -58,6 +64,13 @@ def caller(request: Request, credentials: Annotated[HTTPAuthorizationCredentials
 Caller = Annotated[Principal, Depends(caller)]
 
 
+def _never_sent(error: BaseException) -> bool:
+    """Whether the request cannot have reached the server (the connection itself failed)."""
+    if isinstance(error, urllib3.exceptions.MaxRetryError):
+        error = error.reason or error
+    return isinstance(error, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError)
+
+
 def create_app(
     settings: ApiSettings, *, kube: kubernetes.client.ApiClient | None = None, s3: Minio | None = None,
 ) -> FastAPI:
@@ -74,6 +87,10 @@ def create_app(
     else:
         tokens = TokenStore(Path(settings.tokens_dir), settings.admin_tenants)
     app.state.tokens = tokens
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    # Uploads are spooled to /tmp, not held in memory; this bounds how many are in flight (the others wait,
+    # their bodies unread), so memory and /tmp stay within what the chart gives the pod.
+    upload_slots = asyncio.Semaphore(settings.max_concurrent_uploads)
 
     def owned_job(name: str, who: Principal) -> dict[str, Any]:
         """The job, if this caller may see it. Someone else's job is a 404, like a missing one, so that
@@ -89,15 +106,6 @@ def create_app(
         if not who.owns(job["metadata"].get("labels")):
             raise HTTPException(404, f"no job named {name!r}")
         return job
-
-    @app.middleware("http")
-    async def limit_request_size(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_request_bytes:
-            return JSONResponse(status_code=413, content={"detail": (
-                f"request of {length} bytes exceeds the limit of {settings.max_request_bytes} bytes "
-                "(KRESIZE_MAX_REQUEST_BYTES); split the upload into several jobs")})
-        return await call_next(request)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -125,26 +133,38 @@ def create_app(
     @app.post("/v1/jobs", status_code=202, tags=["jobs"])
     async def create_job(request: Request, who: Caller) -> JSONResponse:
         """Multipart form: one or more `files`, plus resize parameters (see `spec_from_form`)."""
-        form = await request.form(max_files=settings.max_files, max_fields=100)
+        async with upload_slots:
+            return await _create_job(request, who)
+
+    async def _create_job(request: Request, who: Principal) -> JSONResponse:
+        try:
+            form = await request.form(max_files=settings.max_files, max_fields=100, max_part_size=64 * 1024)
+        except MultiPartException as error:  # more files or fields than allowed, a field too long
+            raise HTTPException(413 if "exceeded" in error.message.lower() else 400, error.message) from None
+        try:
+            return await _handle_upload(request, who, form)
+        finally:
+            await form.close()  # the spooled files go at once, not when the form is collected
+
+    async def _handle_upload(request: Request, who: Principal, form: Any) -> JSONResponse:
         uploads = [v for k, v in form.multi_items() if k == "files" and isinstance(v, UploadFile)]
         fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
         if not uploads:
             raise HTTPException(400, "no files: send one or more images in the multipart field 'files'")
         try:
-            spec = spec_from_form(fields)
+            spec = spec_from_form(fields, settings.limits)
         except SpecError as error:
             raise HTTPException(422, {"message": "invalid resize parameters", "errors": error.errors}) from None
         inspected: list[Inspected] = []
-        contents: dict[str, bytes] = {}
+        files: dict[str, UploadFile] = {}  # sha256 -> the spooled upload with that content
         for upload in uploads:
             if upload.size is not None and upload.size > settings.limits.max_bytes:
                 raise HTTPException(413, f"{upload.filename}: {upload.size} bytes exceeds the per-file limit "
                                          f"of {settings.limits.max_bytes} bytes (KRESIZE_MAX_FILE_BYTES)")
-            data = await upload.read()
-            result = await run_in_threadpool(inspect_upload, upload.filename, data, settings.limits)
+            result = await run_in_threadpool(inspect_upload, upload.filename, upload.file, settings.limits)
             inspected.append(result)
             if result.error is None:
-                contents[result.sha256] = data
+                files[result.sha256] = upload
         accepted = [f for f in inspected if f.error is None]
         if not accepted:
             rejected = [{"filename": f.filename, "error": f.error} for f in inspected]
@@ -156,7 +176,7 @@ def create_app(
         keys = sorted({layout.original_key(f.sha256, f.extension) for f in accepted})
         spec["source"] = {"bucket": bucket, "prefix": layout.UPLOADS_SOURCE_PREFIX, "keys": keys}
         spec["output"] = {"bucket": bucket, "prefix": layout.default_output_prefix(settings.namespace, name)}
-        job = await run_in_threadpool(_store_and_create, name, spec, inspected, contents, who.tenant)
+        job = await run_in_threadpool(_store_and_create, name, spec, inspected, files, who.tenant)
         body = {
             "name": job["metadata"]["name"],
             "statusUrl": str(request.url_for("get_job", name=name).path),
@@ -165,39 +185,76 @@ def create_app(
         return JSONResponse(status_code=202, content=body, headers={"Location": body["statusUrl"]})
 
     def _store_and_create(
-        name: str, spec: dict[str, Any], inspected: list[Inspected], contents: dict[str, bytes], tenant: str,
+        name: str, spec: dict[str, Any], inspected: list[Inspected], files: dict[str, UploadFile], tenant: str,
     ) -> dict[str, Any]:
-        """Store originals, the upload record and the ResizeJob; on any failure undo what this request
-        stored (never objects that existed before it), so a failed request leaves nothing behind."""
-        created: list[str] = []
+        """Store the originals, the upload record and the ResizeJob.
+
+        Originals are content-addressed and shared: another request or job may use the same object, so a
+        failed request never deletes one (it may have written it a moment after someone else did). It
+        writes each again, which also renews its age for the orphan collector (operator/gc.py): an original
+        that no upload record names is deleted once it is older than the grace period. What a failed request
+        does undo is its own upload record, unless the ResizeJob may exist after all.
+        """
+        record_key = layout.upload_record_key(settings.namespace, name)
         try:
             ensure_bucket(s3, bucket)
             for f in inspected:
-                key = layout.UPLOADS_SOURCE_PREFIX + layout.original_key(f.sha256, f.extension)
-                if f.error is None and key not in created and not object_exists(s3, bucket, key):
-                    put_bytes(s3, bucket, key, contents[f.sha256], f.content_type)
-                    created.append(key)
-            record_key = layout.upload_record_key(settings.namespace, name)
+                if f.error is None and f.sha256 in files:
+                    upload = files.pop(f.sha256)  # once per content
+                    upload.file.seek(0)
+                    key = layout.UPLOADS_SOURCE_PREFIX + layout.original_key(f.sha256, f.extension)
+                    s3.put_object(bucket, key, upload.file, f.size, content_type=f.content_type)
             jobs.save_upload_record(s3, bucket, settings.namespace, name, jobs.upload_record(inspected))
-            created.append(record_key)
+        except BACKEND_ERRORS as error:
+            _remove_record(record_key)
+            raise _backend_unavailable("S3", error, created_nothing=True) from None
+        try:
             return resize_jobs.create(name, spec, tenant)
         except kubernetes.client.exceptions.ApiException as error:
-            _undo(created)
             if error.status == 422:
+                _remove_record(record_key)
                 raise HTTPException(422, f"the Kubernetes API refused the ResizeJob: {error.body}") from None
             if error.status in (401, 403):
+                _remove_record(record_key)
                 raise HTTPException(503, "the API is not allowed to create ResizeJobs (check its RBAC)") from None
-            raise _backend_unavailable("the Kubernetes API", error, created_nothing=True) from None
+            return _created_after_all(name, spec, tenant, record_key, error)
         except BACKEND_ERRORS as error:
-            _undo(created)
-            raise _backend_unavailable("S3 or the Kubernetes API", error, created_nothing=True) from None
+            if _never_sent(error):  # no connection was made: nothing can have been created
+                _remove_record(record_key)
+                raise _backend_unavailable("the Kubernetes API", error, created_nothing=True) from None
+            # A read timeout or a dropped connection: the apiserver may have committed the create.
+            return _created_after_all(name, spec, tenant, record_key, error)
 
-    def _undo(keys: list[str]) -> None:
-        for key in keys:
-            try:
-                s3.remove_object(bucket, key)
-            except BACKEND_ERRORS as error:
-                log.error("could not remove s3://%s/%s after a failed request: %s", bucket, key, error)
+    def _created_after_all(
+        name: str, spec: dict[str, Any], tenant: str, record_key: str, error: BaseException,
+    ) -> dict[str, Any]:
+        """The create failed or its answer was lost: look before rolling back, since the apiserver may have
+        committed the ResizeJob. It exists: the request succeeded. It does not: undo and answer 503. Cannot
+        tell: keep everything (a job that exists needs its record) and say so."""
+        log.warning("creating ResizeJob %s failed (%s: %s); checking whether it exists", name,
+                    type(error).__name__, error)
+        try:
+            job = resize_jobs.get(name)
+            if (job["metadata"].get("labels") or {}).get(TENANT_LABEL) == tenant \
+                    and job["spec"]["source"].get("keys") == spec["source"]["keys"]:
+                return job  # ours: committed, only the answer was lost
+            raise HTTPException(503, "the Kubernetes API is unavailable, try again later") from None
+        except kubernetes.client.exceptions.ApiException as lookup:
+            if lookup.status == 404:
+                _remove_record(record_key)
+                raise _backend_unavailable("the Kubernetes API", error, created_nothing=True) from None
+            unknown: BaseException = lookup
+        except BACKEND_ERRORS as lookup:
+            unknown = lookup
+        log.warning("cannot tell whether ResizeJob %s exists: %s", name, unknown)
+        raise HTTPException(503, f"the Kubernetes API did not confirm the job; it may have been created: check "
+                                 f"GET /v1/jobs/{name} before submitting again") from None
+
+    def _remove_record(key: str) -> None:
+        try:
+            s3.remove_object(bucket, key)
+        except BACKEND_ERRORS as error:
+            log.error("could not remove s3://%s/%s after a failed request: %s", bucket, key, error)
 
     @app.get("/v1/jobs", tags=["jobs"])
     def list_jobs(who: Caller) -> dict[str, Any]:

@@ -23,6 +23,7 @@ class ApiSettings:
     max_request_bytes: int = 512 * 1024 * 1024
     presign_expiry_seconds: int = 3600
     kube_timeout_seconds: int = 10
+    max_concurrent_uploads: int = 4
     auth: str = "token"  # or "none", for local development only
     tokens_dir: str = TOKENS_DIR
     admin_tenants: frozenset[str] = frozenset({"admin"})
@@ -39,6 +40,7 @@ class ApiSettings:
             max_request_bytes=env_int("KRESIZE_MAX_REQUEST_BYTES", cls.max_request_bytes, minimum=1),
             presign_expiry_seconds=_presign_expiry(),
             kube_timeout_seconds=env_int("KRESIZE_KUBE_TIMEOUT_SECONDS", cls.kube_timeout_seconds, minimum=1),
+            max_concurrent_uploads=env_int("KRESIZE_MAX_CONCURRENT_UPLOADS", cls.max_concurrent_uploads, minimum=1),
             auth=_auth_mode(),
             tokens_dir=env_str("KRESIZE_AUTH_TOKENS_DIR", cls.tokens_dir),
             admin_tenants=frozenset(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from kresize_common.config import ImageLimits
 from kresize_common.formats import ACCEPTED_NAMES, INPUTS
@@ -39,31 +40,41 @@ def display_name(raw: str | None) -> str:
     return name[:255] or "unnamed"
 
 
-def inspect_upload(filename: str | None, data: bytes, limits: ImageLimits) -> Inspected:
+def inspect_upload(filename: str | None, data: bytes | BinaryIO, limits: ImageLimits) -> Inspected:
     """Identify an upload by its bytes (never its name or Content-Type) and check the limits
-    that can be checked from the header alone. Decoding problems are left to the resizer."""
+    that can be checked from the header alone. Decoding problems are left to the resizer.
+
+    `data` may be a (spooled) file: it is hashed in chunks and only its header is parsed, so an upload is
+    never held in memory whole."""
     name = display_name(filename)
-    digest = hashlib.sha256(data).hexdigest()
-    if not data:
+    file = io.BytesIO(data) if isinstance(data, bytes) else data
+    file.seek(0)
+    hasher, size = hashlib.sha256(), 0
+    for chunk in iter(lambda: file.read(1 << 20), b""):
+        hasher.update(chunk)
+        size += len(chunk)
+    digest = hasher.hexdigest()
+    if not size:
         return Inspected(name, 0, digest, error="empty file")
+    file.seek(0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(file) as image:
                 fmt, (width, height) = image.format, image.size
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         reason = "not a supported image (unrecognised content)"
         if not isinstance(error, UnidentifiedImageError):
             reason = f"not a readable image: {error}"
-        return Inspected(name, len(data), digest, error=reason)
+        return Inspected(name, size, digest, error=reason)
     except Image.DecompressionBombError as error:
-        return Inspected(name, len(data), digest, error=f"too many pixels: {error}")
+        return Inspected(name, size, digest, error=f"too many pixels: {error}")
     if fmt not in INPUTS:
-        return Inspected(name, len(data), digest, error=f"unsupported image format {fmt}; send {ACCEPTED_NAMES}")
+        return Inspected(name, size, digest, error=f"unsupported image format {fmt}; send {ACCEPTED_NAMES}")
     if width * height > limits.max_pixels:
-        return Inspected(name, len(data), digest, error=(
+        return Inspected(name, size, digest, error=(
             f"too many pixels: {width}x{height} = {width * height} > limit {limits.max_pixels} (KRESIZE_MAX_PIXELS)"))
-    return Inspected(name, len(data), digest, extension=INPUTS[fmt].extension, content_type=INPUTS[fmt].content_type,
+    return Inspected(name, size, digest, extension=INPUTS[fmt].extension, content_type=INPUTS[fmt].content_type,
                      width=width, height=height)
 
 
@@ -78,9 +89,12 @@ def _coerce(field: str, raw: str) -> Any:
         if field in _INT_FIELDS:
             return int(raw)
         if field in _FLOAT_FIELDS:
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
     except ValueError:
-        raise SpecError([f"{field}: {raw!r} is not a number"]) from None
+        raise SpecError([f"{field}: {raw!r} is not a number (or not finite)"]) from None
     if field in _BOOL_FIELDS:
         if raw.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
             raise SpecError([f"{field}: {raw!r} is not true or false"])
@@ -88,7 +102,21 @@ def _coerce(field: str, raw: str) -> Any:
     return raw
 
 
-def spec_from_form(form: dict[str, str]) -> dict[str, Any]:
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _parse_targets(raw: str) -> Any:
+    """JSON without NaN/Infinity (Python's json accepts them, nothing else does) and without deep nesting."""
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise SpecError(["targets: nested too deeply (a list of flat target objects is expected)"]) from None
+    except ValueError as error:  # JSONDecodeError included
+        raise SpecError([f"targets: not valid JSON: {error}"]) from None
+
+
+def spec_from_form(form: dict[str, str], limits: ImageLimits | None = None) -> dict[str, Any]:
     """The resize parameters of a request: either `targets` (a JSON list of targets, as in the CRD),
     or the fields of one target (`width`, `height`, `fit`, `format`, `quality`, `upscale`, `background`,
     `name`, default `default`). Plus `grayscale`, `blur`, `sharpen` and `parallelism`.
@@ -97,10 +125,7 @@ def spec_from_form(form: dict[str, str]) -> dict[str, Any]:
     if form.get("targets"):
         if any(form.get(f) for f in _TARGET_FIELDS):
             raise SpecError(["give either targets (JSON) or the fields of a single target, not both"])
-        try:
-            spec["targets"] = json.loads(form["targets"])
-        except json.JSONDecodeError as error:
-            raise SpecError([f"targets: not valid JSON: {error}"]) from None
+        spec["targets"] = _parse_targets(form["targets"])
     else:
         target = {f: _coerce(f, form[f]) for f in _TARGET_FIELDS if form.get(f)}
         if "width" not in target and "height" not in target:
@@ -114,4 +139,7 @@ def spec_from_form(form: dict[str, str]) -> dict[str, Any]:
         spec["parallelism"] = _coerce("parallelism", form["parallelism"])
     checked = normalize_spec({**spec, "source": {"prefix": "x/"}})
     checked.pop("source")
+    errors = (limits or ImageLimits()).output_errors(checked["targets"])
+    if errors:
+        raise SpecError(errors)
     return checked

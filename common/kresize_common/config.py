@@ -101,6 +101,23 @@ class ImageLimits:
                                             minimum=1),
         )
 
+    def output_errors(self, targets: list[dict]) -> list[str]:
+        """What a spec's targets ask beyond the output limits, where their size is known before any image is
+        seen (both width and height given); the resizer checks every image's real output sizes again."""
+        errors, total = [], 0
+        for target in targets:
+            if target.get("width") is None or target.get("height") is None:
+                continue
+            pixels = int(target["width"]) * int(target["height"])
+            total += pixels
+            if pixels > self.max_output_pixels:
+                errors.append(f"target {target.get('name')!r}: {target['width']}x{target['height']} = {pixels} "
+                              f"pixels exceeds {self.max_output_pixels} per variant (KRESIZE_MAX_OUTPUT_PIXELS)")
+        if total > self.max_total_output_pixels and not errors:
+            errors.append(f"the targets add up to {total} pixels per image, over {self.max_total_output_pixels} "
+                          "(KRESIZE_MAX_TOTAL_OUTPUT_PIXELS)")
+        return errors
+
     def job_env(self) -> list[dict[str, str]]:
         """The limits as env of a Job's pods (the operator passes its own limits on)."""
         return [

@@ -35,6 +35,8 @@ class OperatorConfig:
     sync_interval: float = 5.0
     max_status_failures: int = 20
     s3_retry_seconds: int = 120
+    gc_interval_seconds: int = 600  # 0: no collection of unreferenced originals
+    orphan_grace_seconds: int = 3600
     policy: StoragePolicy = field(default_factory=lambda: StoragePolicy("kresize"))
     resources: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -60,6 +62,8 @@ class OperatorConfig:
             sync_interval=float(env_str("KRESIZE_SYNC_INTERVAL_SECONDS", str(cls.sync_interval))),
             max_status_failures=env_int("KRESIZE_MAX_STATUS_FAILURES", cls.max_status_failures, minimum=0),
             s3_retry_seconds=env_int("KRESIZE_S3_RETRY_SECONDS", cls.s3_retry_seconds, minimum=0),
+            gc_interval_seconds=env_int("KRESIZE_GC_INTERVAL_SECONDS", cls.gc_interval_seconds, minimum=0),
+            orphan_grace_seconds=env_int("KRESIZE_ORPHAN_GRACE_SECONDS", cls.orphan_grace_seconds, minimum=0),
             policy=StoragePolicy(s3.bucket, frozenset(
                 b.strip() for b in os.environ.get("KRESIZE_ALLOWED_BUCKETS", "").split(",") if b.strip())),
             resources={

@@ -23,7 +23,7 @@ from kresize_common.s3 import make_client
 from kresize_common.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION, SpecError, normalize_spec
 from kubernetes.client.exceptions import ApiException
 
-from . import planning, policy
+from . import gc, planning, policy
 from .config import OperatorConfig
 from .jobs import build_job
 from .storage import PermanentSourceError, Placement, ensure_plan, placement_for, shard_records
@@ -53,7 +53,36 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     api = kube_client()
     memo.batch = kubernetes.client.BatchV1Api(api)
     memo.core = kubernetes.client.CoreV1Api(api)
+    memo.custom = kubernetes.client.CustomObjectsApi(api)
     memo.s3 = make_client(CONFIG.s3)
+
+
+@kopf.on.startup()
+async def start_collecting(memo: kopf.Memo, **_: Any) -> None:
+    if CONFIG.gc_interval_seconds:
+        memo.gc_task = asyncio.create_task(collect_orphans_forever(memo), name="kresize-gc")
+
+
+async def collect_orphans_forever(memo: kopf.Memo) -> None:
+    """Every KRESIZE_GC_INTERVAL_SECONDS, delete originals nothing references (gc.py). Errors wait a round."""
+    log = logging.getLogger("kresize.operator.gc")
+    grace = datetime.timedelta(seconds=CONFIG.orphan_grace_seconds)
+    while True:
+        try:
+            listing = await asyncio.to_thread(memo.custom.list_namespaced_custom_object, GROUP, VERSION,
+                                              CONFIG.namespace, PLURAL)
+            await asyncio.to_thread(gc.collect, memo.s3, CONFIG.s3.bucket, listing.get("items", []),
+                                    datetime.datetime.now(datetime.UTC), grace)
+        except Exception as error:  # noqa: BLE001 - S3 or the apiserver away: try again next round
+            log.warning("collecting unreferenced originals failed: %s: %s", type(error).__name__, error)
+        await asyncio.sleep(CONFIG.gc_interval_seconds)
+
+
+@kopf.on.cleanup()
+async def stop_collecting(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("gc_task")
+    if task is not None:
+        task.cancel()
 
 
 async def post_event(memo: kopf.Memo, body: kopf.Body, type_: str, reason: str, message: str) -> None:
@@ -113,6 +142,8 @@ async def start(
         return
     try:
         normalized = normalize_spec(dict(spec))
+        if errors := CONFIG.limits.output_errors(normalized["targets"]):
+            raise SpecError(errors)
     except SpecError as error:
         _fail(patch, generation, status, "InvalidSpec", str(error))
         await post_event(memo, body, "Warning", "InvalidSpec", str(error))

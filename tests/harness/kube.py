@@ -222,9 +222,24 @@ def transition_errors(schema: dict[str, Any], new: Any, old: Any, path: str) -> 
     return errors
 
 
+@dataclass
+class Fault:
+    """A fault the next `times` creates of `plural` meet (RunningEmulator.inject).
+
+    `lose-response`: the object is created (committed), then the answer is held back for `delay` seconds, as
+    when a response is lost and the client times out. `fail`: 500 before anything is stored.
+    """
+
+    plural: str
+    mode: str
+    times: int = 1
+    delay: float = 0.0
+
+
 @attrs.define(kw_only=True)
 class KubeEmulator(kmock.KubernetesEmulator):
     crds: list[Path] = attrs.field(factory=list)
+    faults: list[Fault] = attrs.field(factory=list, init=False)
     _kinds: dict[tuple[str, str, str], Kind] = attrs.field(factory=dict, init=False)
     _store: dict[tuple[str, str, str, str | None, str], dict[str, Any]] = attrs.field(factory=dict, init=False)
     _history: list[tuple[int, tuple[str, str, str], dict[str, Any]]] = attrs.field(factory=list, init=False)
@@ -293,12 +308,25 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if action == enums.action.FETCH:
             return self._json(self._fetch(key, namespace, request.name))
         if action == enums.action.CREATE:
-            return self._json(self._create(request, key, kind, namespace), status=201)
+            fault = self._take_fault(key[2])
+            if fault is not None and fault.mode == "fail":
+                raise _error(500, "InternalError", "injected fault: the create failed before storing anything")
+            created = self._json(self._create(request, key, kind, namespace), status=201)
+            if fault is not None and fault.mode == "lose-response":
+                await asyncio.sleep(fault.delay)
+            return created
         if action == enums.action.DELETE:
             return self._json(self._delete(key, namespace, request.name))
         if request.method in (enums.method.PUT, enums.method.PATCH):
             return self._json(self._update(request, key, kind, namespace))
         raise _error(405, "MethodNotAllowed", f"{request.method} is not supported here")
+
+    def _take_fault(self, plural: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.plural == plural and fault.times > 0:
+                fault.times -= 1
+                return fault
+        return None
 
     @staticmethod
     def _json(body: Any, status: int = 200) -> aiohttp.web.Response:
@@ -500,6 +528,11 @@ class RunningEmulator:
                                                           "namespace": "default"}}],
         }))
         return path
+
+    def inject(self, fault: Fault) -> Fault:
+        """Arm a fault for the next creates (see Fault); its `times` counts down as it strikes."""
+        self._loop.call_soon_threadsafe(self.emulator.faults.append, fault)
+        return fault
 
     def get(self, group: str, version: str, plural: str, namespace: str | None, name: str) -> dict | None:
         return asyncio.run_coroutine_threadsafe(
