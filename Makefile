@@ -35,8 +35,9 @@ lint: install ## ruff
 generate: install tools ## regenerate files derived from the CRD (chart CRD, package copy, install bundle)
 	$(PY) hack/generate.py
 
-bench: install ## resize throughput, latency and memory against a naive Pillow reference
+bench: install tools ## resize throughput, latency and memory against references; API memory under large uploads
 	$(PY) bench/bench_resize.py
+	$(PY) bench/bench_api_memory.py
 
 up: ## kind cluster + images + chart + sample images + a sample job (needs Docker, Python)
 	bash hack/up.sh

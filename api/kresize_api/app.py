@@ -203,7 +203,10 @@ def create_app(
                     upload = files.pop(f.sha256)  # once per content
                     upload.file.seek(0)
                     key = layout.UPLOADS_SOURCE_PREFIX + layout.original_key(f.sha256, f.extension)
-                    s3.put_object(bucket, key, upload.file, f.size, content_type=f.content_type)
+                    # One 5 MiB part at a time (minio sends 3 in parallel by default): memory per upload stays
+                    # at about one part, whatever the file size.
+                    s3.put_object(bucket, key, upload.file, f.size, content_type=f.content_type,
+                                  part_size=5 * 1024 * 1024, num_parallel_uploads=1)
             jobs.save_upload_record(s3, bucket, settings.namespace, name, jobs.upload_record(inspected))
         except BACKEND_ERRORS as error:
             _remove_record(record_key)
