@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import secrets
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -188,3 +189,28 @@ def test_api_needs_a_token_and_keeps_tenants_apart(cluster):
         delete_resizejob(cluster, admin_job)
         cluster.kubectl("patch", "secret", "kresize-api-tokens", "--type", "json",
                         "-p", '[{"op": "remove", "path": "/data/e2e-tenant"}]', check=False)
+
+
+def test_storage_policy_and_hostile_keys(cluster):
+    """A ResizeJob that would read other tenants' uploads fails Forbidden; a hostile key never gets in."""
+    name = "e2e-forbidden"
+    delete_resizejob(cluster, name)
+    cluster.custom.create_namespaced_custom_object("kresize.dev", "v1alpha1", cluster.namespace, "resizejobs", {
+        "apiVersion": "kresize.dev/v1alpha1", "kind": "ResizeJob", "metadata": {"name": name},
+        "spec": {"source": {"prefix": "originals/"}, "targets": [{"name": "t", "width": 8}]}})
+    try:
+        status = wait_finished(cluster, name, timeout=120)
+        failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+        assert (status["phase"], failed["reason"]) == ("Failed", "Forbidden"), status
+        assert cluster.batch.list_namespaced_job(cluster.namespace,
+                                                 label_selector=f"kresize.dev/resizejob={name}").items == []
+    finally:
+        delete_resizejob(cluster, name)
+    for key in ("../etc/passwd", ".hidden/a.jpg", "a%2e%2e/b.jpg"):
+        manifest = json.dumps({"apiVersion": "kresize.dev/v1alpha1", "kind": "ResizeJob",
+                               "metadata": {"name": "e2e-hostile-key"},
+                               "spec": {"source": {"prefix": "samples/", "keys": [key]},
+                                        "targets": [{"name": "t", "width": 8}]}})
+        result = subprocess.run([cluster.kubectl_path, "-n", cluster.namespace, "apply", "-f", "-"], input=manifest,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0 and "keys" in result.stderr, (key, result.stderr)
