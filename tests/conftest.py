@@ -68,7 +68,8 @@ def kube_api(kubeconfig: Path) -> kubernetes.client.ApiClient:
     return kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
 
 
-def chart_values(s3_endpoint: str, *, api_port: int = 8080, health_port: int = 8081, **overrides) -> dict:
+def chart_values(s3_endpoint: str, *, api_port: int = 8080, health_port: int = 8081, metrics_port: int = 9090,
+                 **overrides) -> dict:
     """Helm values that point the chart at the test platform (external S3 on loopback); overrides merge in."""
     values = {
         "s3": {"endpoint": s3_endpoint, "existingSecret": SECRET, "bucket": BUCKET,
@@ -80,7 +81,8 @@ def chart_values(s3_endpoint: str, *, api_port: int = 8080, health_port: int = 8
         "operator": {"healthPort": health_port, "maxParallelism": 2, "allowedBuckets": [ALLOWED_MISSING_BUCKET],
                      "gc": {"intervalSeconds": 1, "orphanGraceSeconds": ORPHAN_GRACE_SECONDS},
                      # Not a chart value: a fast sync keeps the tests short.
-                     "extraEnv": [{"name": "KRESIZE_SYNC_INTERVAL_SECONDS", "value": "0.5"}]},
+                     "extraEnv": [{"name": "KRESIZE_SYNC_INTERVAL_SECONDS", "value": "0.5"},
+                                  {"name": "KRESIZE_METRICS_PORT", "value": str(metrics_port)}]},
     }
     return merge(values, overrides)
 
@@ -120,6 +122,7 @@ def create_s3_secret(api_client: kubernetes.client.ApiClient, namespace: str, s3
 class Component:
     program: Program
     url: str  # the API's base URL, or the operator's liveness endpoint
+    metrics_url: str  # where Prometheus scrapes it
 
     def stop(self) -> None:
         self.program.stop()
@@ -133,16 +136,19 @@ def start_component(component: str, s3_server, kubeconfig: Path, log: Path, *, n
     `kubeconfig` reaches the apiserver the pod's Secrets are read from; the program itself gets
     `program_kubeconfig` when given (say, one pointing at a dead apiserver).
     """
-    api_port, health_port = free_ports(2)
+    api_port, health_port, metrics_port = free_ports(3)
     program = chart_program(component, values=chart_values(s3_server.endpoint, api_port=api_port,
-                                                           health_port=health_port, **values),
+                                                           health_port=health_port, metrics_port=metrics_port,
+                                                           **values),
                             namespace=namespace, api=kube_api(kubeconfig),
                             kubeconfig=program_kubeconfig or kubeconfig, log=log, command=command)
     url = f"http://127.0.0.1:{api_port}" if component == "api" else f"http://127.0.0.1:{health_port}/healthz"
     program.start()
     if wait:
         program.wait_http(url if component == "operator" else f"{url}/healthz", timeout=60)
-    return Component(program, url)
+    metrics = f"http://127.0.0.1:{api_port}/metrics" if component == "api" else \
+        f"http://127.0.0.1:{metrics_port}/metrics"
+    return Component(program, url, metrics)
 
 
 @dataclass

@@ -94,7 +94,8 @@ def test_presigned_links_live_a_day_at_most(platform, s3_server, kube, tmp_path)
                           api={"presignExpirySeconds": 86401})
     try:
         assert api.program.proc is not None and api.program.proc.wait(60) != 0
-        assert "KRESIZE_PRESIGN_EXPIRY_SECONDS must be at most 86400" in api.program.log.read_text()
+        assert "KRESIZE_PRESIGN_EXPIRY_SECONDS: Input should be less than or equal to 86400" \
+            in api.program.log.read_text()
     finally:
         api.stop()
 

@@ -134,8 +134,8 @@ def image_pod(image: BuiltImage, component: str, s3_server, cluster, log: Path) 
     """The chart's `component` (api, operator) run as its pod runs it on its image; not started yet.
     Returns the program and the URL of its probe."""
     api, kubeconfig = cluster
-    api_port, health_port = free_ports(2)
-    values = chart_values(s3_server.endpoint, api_port=api_port, health_port=health_port)
+    api_port, health_port, metrics_port = free_ports(3)
+    values = chart_values(s3_server.endpoint, api_port=api_port, health_port=health_port, metrics_port=metrics_port)
     program = chart_program(component, values=values, namespace=NAMESPACE, api=api, kubeconfig=kubeconfig, log=log,
                             rootfs=image.rootfs, image_env=image.env, entrypoint=image.entrypoint)
     port = api_port if component == "api" else health_port

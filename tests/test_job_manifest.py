@@ -2,35 +2,31 @@
 
 import json
 
-from kresize_common.config import ImageLimits, S3Settings
 from kresize_common.spec import normalize_spec
-from kresize_operator.config import OperatorConfig
+from kresize_operator.config import OperatorSettings
 from kresize_operator.jobs import build_job
 from kresize_operator.planning import ShardPlan
 
-CONFIG = OperatorConfig(
-    namespace="ns", s3=S3Settings(endpoint="127.0.0.1:9", access_key="AKIA-SECRET-ID", secret_key="very-secret"),
-    limits=ImageLimits(), job_s3_secret="kresize-s3", job_s3_endpoint="minio:9000",
-    resources={"requests": {"cpu": "500m"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+CONFIG = OperatorSettings(
+    namespace="ns", s3_endpoint="127.0.0.1:9", s3_access_key="AKIA-SECRET-ID", s3_secret_key="very-secret",
+    job_s3_secret="kresize-s3", job_s3_endpoint="minio:9000", resizer_cpu_request="500m",
 )
 
 
 def make_job(**spec_extra):
     spec = normalize_spec({"source": {"prefix": "p/"}, "targets": [{"name": "t", "width": 10}], **spec_extra})
-    return build_job(name="j-resize", namespace="ns", owner_name="j", owner_uid="uid-1", spec=spec,
+    return build_job(name="j-resize", namespace="ns", owner_name="j", spec=spec,
                      plan=ShardPlan(total=20, shard_size=8, shards=3), parallelism=2, work_prefix="jobs/ns/j/uid-1/",
                      config=CONFIG)
 
 
-def test_indexed_job_with_owner_and_retries():
+def test_indexed_job_with_retries():
     job = make_job(retry={"backoffLimitPerIndex": 5, "activeDeadlineSeconds": 600})
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed"
     assert (spec["completions"], spec["parallelism"]) == (3, 2)
     assert spec["backoffLimitPerIndex"] == 5 and spec["activeDeadlineSeconds"] == 600
-    (owner,) = job["metadata"]["ownerReferences"]
-    assert owner == {"apiVersion": "kresize.dev/v1alpha1", "kind": "ResizeJob", "name": "j", "uid": "uid-1",
-                     "controller": True, "blockOwnerDeletion": True}
+    assert "ownerReferences" not in job["metadata"]  # the handler adds it with kopf (test_platform.py)
     assert spec["template"]["metadata"]["labels"]["kresize.dev/resizejob"] == "j"
 
 

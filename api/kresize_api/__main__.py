@@ -6,19 +6,25 @@ import argparse
 import logging
 
 import uvicorn
+from kresize_common import logs
+from kresize_common.typed_settings import load
 
-from .app import create_app
 from .settings import ApiSettings
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = ApiSettings.from_env()
+    settings = load(ApiSettings, "kresize-api")
     parser = argparse.ArgumentParser(prog="kresize-api", description=__doc__)
-    parser.add_argument("--host", default=settings.host)
-    parser.add_argument("--port", type=int, default=settings.port)
+    parser.add_argument("--host", default=settings.api_host)
+    parser.add_argument("--port", type=int, default=settings.api_port)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", proxy_headers=True)
+    logs.setup(settings.log_format)
+    from .app import create_app  # after logging is set up: the app logs while it is made
+
+    # log_config=None: uvicorn's own and its access lines go through the handler set up above.
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", proxy_headers=True,
+                log_config=None)
+    logging.shutdown()
 
 
 if __name__ == "__main__":

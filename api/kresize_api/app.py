@@ -19,6 +19,8 @@ from kresize_common.s3 import ensure_bucket, make_client
 from kresize_common.spec import SpecError
 from minio import Minio
 from minio.error import S3Error
+from prometheus_client import Counter
+from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -33,6 +35,9 @@ log = logging.getLogger("kresize.api")
 # Each uploaded file is kept in memory only up to this size, then spilled to a temporary file in /tmp
 # (Starlette's default is 1 MiB per file, which with a thousand files would be a gigabyte of memory).
 MultiPartParser.spool_max_size = 64 * 1024
+
+UPLOAD_BYTES = Counter("kresize_upload_bytes", "Bytes of uploaded files, accepted or not")
+REJECTED_FILES = Counter("kresize_rejected_files", "Uploaded files refused on their own, by reason", ["reason"])
 
 # Errors that mean a backend is unreachable or failing, not that the request is wrong.
 BACKEND_ERRORS = (S3Error, urllib3.exceptions.HTTPError, OSError, kubernetes.client.exceptions.ApiException)
@@ -85,9 +90,12 @@ def create_app(
         log.warning("KRESIZE_AUTH=none: authentication is OFF and every caller is an admin; "
                     "for local development only")
     else:
-        tokens = TokenStore(Path(settings.tokens_dir), settings.admin_tenants)
+        tokens = TokenStore(Path(settings.auth_tokens_dir), settings.admins)
     app.state.tokens = tokens
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    # Requests by route and status, latency histograms; /metrics is served on the API's own port.
+    Instrumentator(excluded_handlers=["/metrics", "/healthz", "/readyz"]).instrument(app).expose(
+        app, include_in_schema=False)
     # Uploads are spooled to /tmp, not held in memory; this bounds how many are in flight (the others wait,
     # their bodies unread), so memory and /tmp stay within what the chart gives the pod.
     upload_slots = asyncio.Semaphore(settings.max_concurrent_uploads)
@@ -163,6 +171,9 @@ def create_app(
                                          f"of {settings.limits.max_bytes} bytes (KRESIZE_MAX_FILE_BYTES)")
             result = await run_in_threadpool(inspect_upload, upload.filename, upload.file, settings.limits)
             inspected.append(result)
+            UPLOAD_BYTES.inc(result.size)
+            if result.error is not None:
+                REJECTED_FILES.labels(result.reason).inc()
             if result.error is None:
                 files[result.sha256] = upload
         accepted = [f for f in inspected if f.error is None]

@@ -26,6 +26,7 @@ class Inspected:
     size: int
     sha256: str
     error: str | None = None
+    reason: str = ""  # why it was rejected, as a metric label: empty, unrecognised, unreadable, pixels, format
     extension: str = ""
     content_type: str = ""
     width: int = 0
@@ -55,7 +56,7 @@ def inspect_upload(filename: str | None, data: bytes | BinaryIO, limits: ImageLi
         size += len(chunk)
     digest = hasher.hexdigest()
     if not size:
-        return Inspected(name, 0, digest, error="empty file")
+        return Inspected(name, 0, digest, error="empty file", reason="empty")
     file.seek(0)
     try:
         with warnings.catch_warnings():
@@ -63,16 +64,17 @@ def inspect_upload(filename: str | None, data: bytes | BinaryIO, limits: ImageLi
             with Image.open(file) as image:
                 fmt, (width, height) = image.format, image.size
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        reason = "not a supported image (unrecognised content)"
-        if not isinstance(error, UnidentifiedImageError):
-            reason = f"not a readable image: {error}"
-        return Inspected(name, size, digest, error=reason)
+        if isinstance(error, UnidentifiedImageError):
+            return Inspected(name, size, digest, error="not a supported image (unrecognised content)",
+                             reason="unrecognised")
+        return Inspected(name, size, digest, error=f"not a readable image: {error}", reason="unreadable")
     except Image.DecompressionBombError as error:
-        return Inspected(name, size, digest, error=f"too many pixels: {error}")
+        return Inspected(name, size, digest, error=f"too many pixels: {error}", reason="pixels")
     if fmt not in INPUTS:
-        return Inspected(name, size, digest, error=f"unsupported image format {fmt}; send {ACCEPTED_NAMES}")
+        return Inspected(name, size, digest, error=f"unsupported image format {fmt}; send {ACCEPTED_NAMES}",
+                         reason="format")
     if width * height > limits.max_pixels:
-        return Inspected(name, size, digest, error=(
+        return Inspected(name, size, digest, reason="pixels", error=(
             f"too many pixels: {width}x{height} = {width * height} > limit {limits.max_pixels} (KRESIZE_MAX_PIXELS)"))
     return Inspected(name, size, digest, extension=INPUTS[fmt].extension, content_type=INPUTS[fmt].content_type,
                      width=width, height=height)

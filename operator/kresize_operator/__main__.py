@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import socket
 
 import kopf
+import prometheus_client
+from kresize_common.typed_settings import load
+
+from . import handlers
+from .config import OperatorSettings
 
 
 def operator_identity() -> str:
@@ -20,20 +24,26 @@ def operator_identity() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="kresize-operator", description=__doc__)
     parser.add_argument("--namespace", help="namespace to watch (default: KRESIZE_NAMESPACE or the pod's)")
-    parser.add_argument("--liveness", default=os.environ.get("KRESIZE_OPERATOR_LIVENESS", ""),
-                        help="liveness endpoint, e.g. http://0.0.0.0:8081/healthz (default: none)")
+    parser.add_argument("--liveness", help="liveness endpoint, e.g. http://0.0.0.0:8081/healthz "
+                                           "(default: KRESIZE_OPERATOR_LIVENESS, else none)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.namespace:
         os.environ["KRESIZE_NAMESPACE"] = args.namespace
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    from . import handlers  # registers the handlers; reads the configuration
-
+    config = load(OperatorSettings, "kresize-operator")
+    # kopf's own logging: JSON lines name the ResizeJob of every per-object line (key "resizejob").
+    kopf.configure(verbose=args.verbose, log_refkey="resizejob",
+                   log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL)
+    if config.metrics_port:
+        prometheus_client.start_http_server(config.metrics_port)
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, config)
     kopf.run(
+        registry=registry,
+        memo=kopf.Memo(config=config),
         standalone=True,  # one replica; no peering CRDs needed
-        namespaces=[handlers.CONFIG.namespace],
-        liveness_endpoint=args.liveness or None,
+        namespaces=[config.namespace],
+        liveness_endpoint=args.liveness or config.operator_liveness or None,
         identity=operator_identity(),  # type: ignore[arg-type]  # kopf.Identity is a NewType of str
     )
 

@@ -6,6 +6,9 @@
 - a timer on Running jobs: read the Job status, count newly finished indexes from their S3 results
   (counts and the counted indexes change in one status patch, so nothing is counted twice), lower
   parallelism as work runs out, and finish the ResizeJob when the Job finishes.
+
+The configuration is read and validated at start-up (`__main__`), handed to `register()` (intervals) and to
+the handlers through kopf's memo (`memo.config`); nothing here reads the environment.
 """
 
 from __future__ import annotations
@@ -20,31 +23,41 @@ import kubernetes
 from kresize_common import layout
 from kresize_common.kube import kube_client
 from kresize_common.s3 import make_client
-from kresize_common.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION, SpecError, normalize_spec
+from kresize_common.spec import GROUP, PLURAL, VERSION, SpecError, normalize_spec
 from kubernetes.client.exceptions import ApiException
 
-from . import gc, planning, policy
-from .config import OperatorConfig
+from . import gc, metrics, planning, policy
+from .config import OperatorSettings
 from .jobs import build_job
 from .storage import PermanentSourceError, Placement, ensure_plan, placement_for, shard_records
 
-CONFIG = OperatorConfig.from_env()
 TERMINAL_PHASES = frozenset({"Succeeded", "PartiallyFailed", "Failed"})
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
+    """Every handler of the operator, on `registry`; the timer's interval comes from `config`."""
+    kopf.on.login(registry=registry)(kopf.login_via_client)  # a fresh registry has no login of its own
+    kopf.on.startup(registry=registry)(configure)
+    kopf.on.startup(registry=registry)(start_collecting)
+    kopf.on.cleanup(registry=registry)(stop_collecting)
+    kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)(start)
+    kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)(start)
+    kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(count_phases)
+    kopf.timer(GROUP, VERSION, PLURAL, interval=config.sync_interval_seconds, when=_is_running,
+               registry=registry)(sync)
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-
-@kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # The schema prunes unknown status fields, so kopf keeps its bookkeeping in annotations.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     # Only kopf's warnings become Events automatically (a timer's "succeeded" every few seconds would flood
-    # the namespace); the lifecycle Events (JobCreated, Succeeded, ...) are posted by post_event().
+    # the namespace); the lifecycle Events (JobCreated, Succeeded, ...) are posted with kopf.event().
     settings.posting.level = logging.WARNING
     # Namespaced and least-privileged: no cluster-wide CRD/namespace scanning (the Role does not allow it).
     settings.scanning.disabled = True
@@ -54,52 +67,45 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.batch = kubernetes.client.BatchV1Api(api)
     memo.core = kubernetes.client.CoreV1Api(api)
     memo.custom = kubernetes.client.CustomObjectsApi(api)
-    memo.s3 = make_client(CONFIG.s3)
+    memo.s3 = make_client(memo.config.s3)
+    memo.census = metrics.Census()
 
 
-@kopf.on.startup()
 async def start_collecting(memo: kopf.Memo, **_: Any) -> None:
-    if CONFIG.gc_interval_seconds:
+    if memo.config.gc_interval_seconds:
         memo.gc_task = asyncio.create_task(collect_orphans_forever(memo), name="kresize-gc")
 
 
 async def collect_orphans_forever(memo: kopf.Memo) -> None:
     """Every KRESIZE_GC_INTERVAL_SECONDS, delete originals nothing references (gc.py). Errors wait a round."""
     log = logging.getLogger("kresize.operator.gc")
-    grace = datetime.timedelta(seconds=CONFIG.orphan_grace_seconds)
+    config: OperatorSettings = memo.config
+    grace = datetime.timedelta(seconds=config.orphan_grace_seconds)
     while True:
         try:
             listing = await asyncio.to_thread(memo.custom.list_namespaced_custom_object, GROUP, VERSION,
-                                              CONFIG.namespace, PLURAL)
-            await asyncio.to_thread(gc.collect, memo.s3, CONFIG.s3.bucket, listing.get("items", []),
+                                              config.namespace, PLURAL)
+            await asyncio.to_thread(gc.collect, memo.s3, config.s3_bucket, listing.get("items", []),
                                     datetime.datetime.now(datetime.UTC), grace)
         except Exception as error:  # noqa: BLE001 - S3 or the apiserver away: try again next round
             log.warning("collecting unreferenced originals failed: %s: %s", type(error).__name__, error)
-        await asyncio.sleep(CONFIG.gc_interval_seconds)
+        await asyncio.sleep(config.gc_interval_seconds)
 
 
-@kopf.on.cleanup()
 async def stop_collecting(memo: kopf.Memo, **_: Any) -> None:
     task = memo.get("gc_task")
     if task is not None:
         task.cancel()
 
 
-async def post_event(memo: kopf.Memo, body: kopf.Body, type_: str, reason: str, message: str) -> None:
-    """A core/v1 Event on the ResizeJob (what `kubectl describe rj` shows). Best effort: never fails a handler."""
-    meta, now = body["metadata"], _now()
-    event = {
-        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-        "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
-                           "namespace": meta["namespace"], "uid": meta["uid"]},
-        "type": type_, "reason": reason, "message": message[:1024], "count": 1,
-        "firstTimestamp": now, "lastTimestamp": now,
-        "source": {"component": "kresize-operator"}, "reportingComponent": "kresize-operator",
-    }
-    try:
-        await asyncio.to_thread(memo.core.create_namespaced_event, meta["namespace"], event)
-    except Exception as error:  # noqa: BLE001 - an Event is a courtesy; the status is the record
-        logging.getLogger("kresize.operator").warning("could not post event %s: %s", reason, error)
+def post_event(body: kopf.Body, type_: str, reason: str, message: str) -> None:
+    """An Event on the ResizeJob (what `kubectl describe rj` shows), queued by kopf's poster."""
+    kopf.event(body, type=type_, reason=reason, message=message[:1024])
+
+
+async def count_phases(body: kopf.Body, uid: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Keeps the ResizeJobs-by-phase and pods-in-use gauges true as watch events arrive."""
+    memo.census.update(uid, None if type == "DELETED" else body)
 
 
 def _is_running(status: kopf.Status, **_: Any) -> bool:
@@ -131,51 +137,52 @@ def _ensure_job(batch: kubernetes.client.BatchV1Api, job: dict[str, Any]) -> dic
     return existing
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
+@metrics.timed
 async def start(
     body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str, namespace: str,
     uid: str, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any,
 ) -> None:
+    config: OperatorSettings = memo.config
     generation = meta.get("generation", 1)
     if status.get("phase") in TERMINAL_PHASES:
         return
     try:
         normalized = normalize_spec(dict(spec))
-        if errors := CONFIG.limits.output_errors(normalized["targets"]):
+        if errors := config.limits.output_errors(normalized["targets"]):
             raise SpecError(errors)
     except SpecError as error:
         _fail(patch, generation, status, "InvalidSpec", str(error))
-        await post_event(memo, body, "Warning", "InvalidSpec", str(error))
+        post_event(body, "Warning", "InvalidSpec", str(error))
         return
     work = layout.work_prefix(namespace, name, uid)
-    placement = placement_for(normalized, namespace, name, CONFIG)
+    placement = placement_for(normalized, namespace, name, config)
     try:
-        policy.check(normalized, namespace, CONFIG.policy, source_bucket=placement.source_bucket,
+        policy.check(normalized, namespace, config.policy, source_bucket=placement.source_bucket,
                      output_bucket=placement.output_bucket, output_prefix=placement.output_prefix)
     except policy.PolicyViolation as error:
         _fail(patch, generation, status, "Forbidden", str(error))
-        await post_event(memo, body, "Warning", "Forbidden", str(error))
+        post_event(body, "Warning", "Forbidden", str(error))
         return
     try:
-        plan = await asyncio.to_thread(ensure_plan, memo.s3, CONFIG, work, normalized, placement)
+        plan = await asyncio.to_thread(ensure_plan, memo.s3, config, work, normalized, placement)
     except PermanentSourceError as error:
         _fail(patch, generation, status, "SourceNotFound", str(error))
-        await post_event(memo, body, "Warning", "SourceNotFound", str(error))
+        post_event(body, "Warning", "SourceNotFound", str(error))
         return
     except Exception as error:
-        message = f"cannot prepare the work in S3 ({CONFIG.s3.endpoint}): {type(error).__name__}: {error}"
+        message = f"cannot prepare the work in S3 ({config.s3_endpoint}): {type(error).__name__}: {error}"
         conditions = planning.set_condition(list(status.get("conditions") or []), "Progressing", "False",
                                             "S3Unavailable", message, generation, _now())
         patch.status.update({"phase": "Pending", "observedGeneration": generation, "conditions": conditions})
         raise kopf.TemporaryError(message, delay=10) from error
 
     job_name = planning.job_name_for(name)
-    parallelism = planning.decide_parallelism(plan.shards, normalized["parallelism"], CONFIG.max_parallelism)
+    parallelism = planning.decide_parallelism(plan.shards, normalized["parallelism"], config.max_parallelism)
     job = build_job(
-        name=job_name, namespace=namespace, owner_name=name, owner_uid=uid, spec=normalized, plan=plan,
-        parallelism=parallelism, work_prefix=work, config=CONFIG,
+        name=job_name, namespace=namespace, owner_name=name, spec=normalized, plan=plan,
+        parallelism=parallelism, work_prefix=work, config=config,
     )
+    kopf.append_owner_reference(job, owner=body)  # controller: deleting the ResizeJob deletes the Job
     await asyncio.to_thread(_ensure_job, memo.batch, job)
     if status.get("phase") == "Running":  # resumed: the counts in status stay as they are
         return
@@ -187,15 +194,15 @@ async def start(
         "total": plan.total, "succeeded": 0, "failed": 0, "progress": f"0/{plan.total}",
         "shards": plan.shards, "shardSize": plan.shard_size, "countedIndexes": "",
         "jobName": job_name, "parallelism": parallelism, "startTime": _now(), "failures": [],
-        "results": _results_pointer(work, placement),
+        "results": _results_pointer(config, work, placement),
     })
-    await post_event(memo, body, "Normal", "JobCreated", message)
+    post_event(body, "Normal", "JobCreated", message)
     logger.info("started: %s", message)
 
 
-def _results_pointer(work: str, placement: Placement) -> dict[str, str]:
+def _results_pointer(config: OperatorSettings, work: str, placement: Placement) -> dict[str, str]:
     return {
-        "bucket": CONFIG.s3.bucket, "prefix": layout.results_prefix(work),
+        "bucket": config.s3_bucket, "prefix": layout.results_prefix(work),
         "outputBucket": placement.output_bucket, "outputPrefix": placement.output_prefix,
     }
 
@@ -212,6 +219,7 @@ def _collect(
     memo: kopf.Memo, work: str, status: kopf.Status, completed: set[int], failed: set[int], job_name: str,
 ) -> dict[str, Any]:
     """Fold the results of newly finished indexes into the counts (blocking S3 reads)."""
+    config: OperatorSettings = memo.config
     counted = planning.expand_ranges(status.get("countedIndexes"))
     succeeded, failures_count = status.get("succeeded", 0), status.get("failed", 0)
     failures = list(status.get("failures") or [])
@@ -220,19 +228,20 @@ def _collect(
         if index in failed:
             reason = (f"shard {index} failed after its retries with an infrastructure error; "
                       f"see the logs of Job {job_name} index {index}")
-        for record in shard_records(memo.s3, CONFIG.s3.bucket, work, index, failed_reason=reason):
+        for record in shard_records(memo.s3, config.s3_bucket, work, index, failed_reason=reason):
+            metrics.IMAGES.labels(record["status"]).inc()
             if record["status"] == "succeeded":
                 succeeded += 1
                 continue
             failures_count += 1
-            if len(failures) < CONFIG.max_status_failures:
+            if len(failures) < config.max_status_failures:
                 failures.append({"source": record["source"], "reason": record["error"] or "unknown error"})
         counted.add(index)
     return {"succeeded": succeeded, "failed": failures_count, "failures": failures,
             "countedIndexes": planning.compress_ranges(counted)}
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.sync_interval, when=_is_running)
+@metrics.timed
 async def sync(
     body: kopf.Body, status: kopf.Status, spec: kopf.Spec, meta: kopf.Meta, name: str, namespace: str,
     uid: str, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any,
@@ -246,7 +255,7 @@ async def sync(
             raise
         # Someone deleted the Job: create it again. Finished shards skip themselves (their results exist).
         logger.warning("Job %s is gone; recreating it", job_name)
-        await post_event(memo, body, "Warning", "JobRecreated", f"Job {job_name} was deleted; recreating it")
+        post_event(body, "Warning", "JobRecreated", f"Job {job_name} was deleted; recreating it")
         await start(body=body, spec=spec, status=status, meta=meta, name=name, namespace=namespace, uid=uid,
                     patch=patch, memo=memo, logger=logger)
         return
@@ -263,7 +272,7 @@ async def sync(
     finished = _job_finished(job)
     if finished is None:
         remaining = status.get("shards", 0) - len(completed | failed_indexes)
-        desired = planning.decide_parallelism(remaining, spec.get("parallelism", 8), CONFIG.max_parallelism)
+        desired = planning.decide_parallelism(remaining, spec.get("parallelism", 8), memo.config.max_parallelism)
         if desired < (job.get("spec") or {}).get("parallelism", 0):
             await asyncio.to_thread(memo.batch.patch_namespaced_job, job_name, namespace,
                                     {"spec": {"parallelism": desired}})
@@ -285,10 +294,10 @@ async def sync(
         why = reason if kind == "Failed" else "NoImageSucceeded"
         message = f"{message}; Job {job_name}: {why} {job_message}".strip()
         conditions = planning.set_condition(conditions, "Failed", "True", why, message, generation, now)
-        await post_event(memo, body, "Warning", "Failed", message)
+        post_event(body, "Warning", "Failed", message)
     else:
         conditions = planning.set_condition(conditions, "Complete", "True", phase, message, generation, now)
-        await post_event(memo, body, "Normal", phase, message)
+        post_event(body, "Normal", phase, message)
     conditions = planning.set_condition(conditions, "Progressing", "False", phase, message, generation, now)
     update.update({"phase": phase, "conditions": conditions, "completionTime": now, "parallelism": 0})
     patch.status.update(update)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kresize_common.spec import API_VERSION, KIND
-
-from .config import OperatorConfig
+from .config import OperatorSettings
 from .planning import ShardPlan
 
 RESIZER_UID = 65532
@@ -24,16 +22,17 @@ def labels_for(resizejob_name: str) -> dict[str, str]:
 
 
 def build_job(
-    *, name: str, namespace: str, owner_name: str, owner_uid: str, spec: dict[str, Any], plan: ShardPlan,
-    parallelism: int, work_prefix: str, config: OperatorConfig,
+    *, name: str, namespace: str, owner_name: str, spec: dict[str, Any], plan: ShardPlan,
+    parallelism: int, work_prefix: str, config: OperatorSettings,
 ) -> dict[str, Any]:
-    """An Indexed Job: index i processes shard i. Credentials come only from the named Secret."""
+    """An Indexed Job: index i processes shard i. Credentials come only from the named Secret. The caller
+    makes the ResizeJob its owner (kopf.append_owner_reference)."""
     retry = spec.get("retry") or {}
     labels = labels_for(owner_name)
     secret = config.job_s3_secret
     env = [
-        {"name": "KRESIZE_S3_ENDPOINT", "value": config.job_s3_endpoint},
-        {"name": "KRESIZE_S3_SECURE", "value": "true" if config.job_s3_secure else "false"},
+        {"name": "KRESIZE_S3_ENDPOINT", "value": config.pod_s3_endpoint},
+        {"name": "KRESIZE_S3_SECURE", "value": "true" if config.pod_s3_secure else "false"},
         {"name": "KRESIZE_S3_REGION", "value": config.s3.region},
         {"name": "KRESIZE_S3_BUCKET", "value": config.s3.bucket},
         {"name": "KRESIZE_S3_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": secret, "key": "accessKey"}}},
@@ -83,10 +82,6 @@ def build_job(
             "name": name,
             "namespace": namespace,
             "labels": labels,
-            "ownerReferences": [{
-                "apiVersion": API_VERSION, "kind": KIND, "name": owner_name, "uid": owner_uid,
-                "controller": True, "blockOwnerDeletion": True,
-            }],
         },
         "spec": job_spec,
     }

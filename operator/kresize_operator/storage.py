@@ -10,7 +10,7 @@ from kresize_common.s3 import ensure_bucket, get_json, get_json_or_none, put_jso
 from minio import Minio
 from minio.error import S3Error
 
-from .config import OperatorConfig
+from .config import OperatorSettings
 from .planning import ShardPlan, plan_shards
 
 
@@ -25,7 +25,7 @@ class Placement:
     output_prefix: str
 
 
-def placement_for(spec: dict[str, Any], namespace: str, name: str, config: OperatorConfig) -> Placement:
+def placement_for(spec: dict[str, Any], namespace: str, name: str, config: OperatorSettings) -> Placement:
     output = spec.get("output") or {}
     return Placement(
         source_bucket=spec["source"].get("bucket") or config.s3.bucket,
@@ -48,7 +48,7 @@ def list_source_keys(client: Minio, bucket: str, source: dict[str, Any]) -> list
 
 
 def ensure_plan(
-    client: Minio, config: OperatorConfig, work: str, spec: dict[str, Any], placement: Placement,
+    client: Minio, config: OperatorSettings, work: str, spec: dict[str, Any], placement: Placement,
 ) -> ShardPlan:
     """Write the shard manifests, then plan.json. Idempotent: an existing plan is reused as it is,
     so a restart never re-lists a prefix whose content changed in between."""

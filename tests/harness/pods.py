@@ -16,6 +16,7 @@ import functools
 import importlib.util
 import json
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,6 +40,7 @@ def helm() -> str:
     spec = importlib.util.spec_from_file_location("kresize_generate", REPO / "hack" / "generate.py")
     assert spec and spec.loader
     generate = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("kresize_generate", generate)  # dataclasses look their module up by name
     spec.loader.exec_module(generate)
     return generate.find_helm()
 
