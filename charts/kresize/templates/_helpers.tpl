@@ -23,10 +23,12 @@ gives kresize-api, kresize-operator, ...), else <release>-<chart>.
 {{- end }}
 
 {{/*
-Name of one component's objects: kresize.componentName (dict "ctx" $ "component" "api").
+Name of one component's objects: kresize.componentName (dict "ctx" $ "component" "api"). The full name is
+cut to 50 characters, or less for a component name over 12 characters, so the result fits 63.
 */}}
 {{- define "kresize.componentName" -}}
-{{- printf "%s-%s" (include "kresize.fullname" .ctx | trunc 50 | trimSuffix "-") .component }}
+{{- $room := int (min 50 (sub 62 (len .component))) }}
+{{- printf "%s-%s" (include "kresize.fullname" .ctx | trunc $room | trimSuffix "-") .component }}
 {{- end }}
 
 {{- define "kresize.chart" -}}
@@ -173,6 +175,28 @@ come from the Secret only.
   value: {{ .Values.limits.maxFileBytes | int64 | quote }}
 - name: KRESIZE_MAX_PIXELS
   value: {{ .Values.limits.maxPixels | int64 | quote }}
+- name: KRESIZE_MAX_OUTPUT_PIXELS
+  value: {{ .Values.limits.maxOutputPixels | int64 | quote }}
+- name: KRESIZE_MAX_TOTAL_OUTPUT_PIXELS
+  value: {{ .Values.limits.maxTotalOutputPixels | int64 | quote }}
+{{- end }}
+
+{{/*
+The annotations of a component's pods: its own podAnnotations over, with metrics.scrapeAnnotations, the
+prometheus.io/* ones for its metrics port (none when the port is 0). Empty when there are none.
+include "kresize.podAnnotations" (dict "ctx" $ "own" .Values.api.podAnnotations "metricsPort" .Values.api.port)
+*/}}
+{{- define "kresize.podAnnotations" -}}
+{{- $annotations := dict }}
+{{- if and .ctx.Values.metrics.scrapeAnnotations .metricsPort }}
+{{- $_ := set $annotations "prometheus.io/scrape" "true" }}
+{{- $_ := set $annotations "prometheus.io/port" (toString .metricsPort) }}
+{{- $_ := set $annotations "prometheus.io/path" "/metrics" }}
+{{- end }}
+{{- $annotations = merge (deepCopy (.own | default dict)) $annotations }}
+{{- with $annotations }}
+{{- dict "annotations" . | toYaml }}
+{{- end }}
 {{- end }}
 
 {{/*
