@@ -32,7 +32,7 @@ test: install tools ## everything CI runs: lint, generated files, the whole test
 lint: install ## ruff
 	ruff check .
 
-generate: install tools ## regenerate files derived from the CRD (chart CRD, package copy, install bundle)
+generate: install tools ## regenerate derived files (chart CRD template, package CRD, install bundle, chart README)
 	$(PY) hack/generate.py
 
 bench: install tools ## resize throughput, latency and memory against references; API memory under large uploads

@@ -36,7 +36,8 @@ for component in api operator resizer; do
 done
 
 say "helm upgrade --install kresize"
-helm upgrade --install kresize charts/kresize --namespace "$NAMESPACE" --create-namespace \
+# --take-ownership: a cluster made with chart 0.1 has a CRD that Helm did not manage yet.
+helm upgrade --install kresize charts/kresize --namespace "$NAMESPACE" --create-namespace --take-ownership \
   -f charts/kresize/values-kind.yaml --set image.tag="$TAG" --wait --timeout 5m
 # Pods of a re-built :dev image must restart to pick it up.
 for deployment in kresize-api kresize-operator; do

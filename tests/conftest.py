@@ -75,14 +75,14 @@ def chart_values(s3_endpoint: str, *, api_port: int = 8080, health_port: int = 8
         "s3": {"endpoint": s3_endpoint, "existingSecret": SECRET, "bucket": BUCKET,
                "publicEndpoint": f"http://{s3_endpoint}"},
         "minio": {"enabled": False},
-        "api": {"port": api_port,
+        "api": {"port": api_port, "metricsPort": metrics_port,
                 # Not a chart value: a short Kubernetes timeout keeps the lost-response tests short.
                 "extraEnv": [{"name": "KRESIZE_KUBE_TIMEOUT_SECONDS", "value": "3"}]},
         "operator": {"healthPort": health_port, "maxParallelism": 2, "allowedBuckets": [ALLOWED_MISSING_BUCKET],
                      "gc": {"intervalSeconds": 1, "orphanGraceSeconds": ORPHAN_GRACE_SECONDS},
+                     "metricsPort": metrics_port,
                      # Not a chart value: a fast sync keeps the tests short.
-                     "extraEnv": [{"name": "KRESIZE_SYNC_INTERVAL_SECONDS", "value": "0.5"},
-                                  {"name": "KRESIZE_METRICS_PORT", "value": str(metrics_port)}]},
+                     "extraEnv": [{"name": "KRESIZE_SYNC_INTERVAL_SECONDS", "value": "0.5"}]},
     }
     return merge(values, overrides)
 
@@ -146,9 +146,7 @@ def start_component(component: str, s3_server, kubeconfig: Path, log: Path, *, n
     program.start()
     if wait:
         program.wait_http(url if component == "operator" else f"{url}/healthz", timeout=60)
-    metrics = f"http://127.0.0.1:{api_port}/metrics" if component == "api" else \
-        f"http://127.0.0.1:{metrics_port}/metrics"
-    return Component(program, url, metrics)
+    return Component(program, url, f"http://127.0.0.1:{metrics_port}/metrics")
 
 
 @dataclass

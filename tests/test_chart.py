@@ -240,7 +240,8 @@ def test_objects_are_namespaced_to_the_release(rendered):
 
 def test_default_object_names(helm):
     docs = render(helm, [], [])
-    assert set(objects(docs, "Service")) == {"kresize-api", "kresize-minio", "kresize-operator-metrics"}
+    assert set(objects(docs, "Service")) == {"kresize-api", "kresize-api-metrics", "kresize-minio",
+                                             "kresize-operator-metrics"}
     assert set(objects(docs, "CustomResourceDefinition")) == {"resizejobs.kresize.dev"}
     assert not {"ServiceMonitor", "ConfigMap"} & {d["kind"] for d in docs}, "metrics extras are off by default"
     assert set(objects(docs, "Deployment")) == {"kresize-api", "kresize-operator"}
@@ -317,7 +318,8 @@ SEAWEEDFS_SET = ["s3.server=seaweedfs"]
 def test_seaweedfs_values(helm):
     docs = render(helm, [], SEAWEEDFS_SET)
     assert set(objects(docs, "StatefulSet")) == {"kresize-seaweedfs"}
-    assert set(objects(docs, "Service")) == {"kresize-api", "kresize-seaweedfs", "kresize-operator-metrics"}
+    assert set(objects(docs, "Service")) == {"kresize-api", "kresize-api-metrics", "kresize-seaweedfs",
+                                                    "kresize-operator-metrics"}
     assert not any("minio" in d["metadata"]["name"] for d in docs)
     assert "ConfigMap" not in {d["kind"] for d in docs}, "the S3 identity is built from the Secret at start"
     assert set(objects(docs, "Secret")["kresize-s3"]["data"]) == {"accessKey", "secretKey"}
@@ -460,7 +462,7 @@ def test_custom_values(helm):
     docs = render(helm, [], CUSTOM_SET)
     assert "StatefulSet" not in {d["kind"] for d in docs}
     assert "kresize-s3" not in objects(docs, "Secret"), "with s3.existingSecret the chart makes no S3 Secret"
-    assert set(objects(docs, "Service")) == {"kresize-api", "kresize-operator-metrics"}
+    assert set(objects(docs, "Service")) == {"kresize-api", "kresize-api-metrics", "kresize-operator-metrics"}
     ingress = objects(docs, "Ingress")["kresize-api"]
     assert ingress["spec"]["ingressClassName"] == "nginx"
     assert ingress["spec"]["rules"][0]["host"] == "images.acme.example"
@@ -1050,10 +1052,11 @@ def selects(selector: dict, labels: dict) -> bool:
 def test_service_monitors(helm):
     docs = render(helm, [], METRICS_SET)
     monitors = objects(docs, "ServiceMonitor")
-    assert set(monitors) == {"kresize-api", "kresize-operator"}
+    assert set(monitors) == {"kresize-api-metrics", "kresize-operator-metrics"}
     services = objects(docs, "Service")
     deployments = objects(docs, "Deployment")
-    expected = {"kresize-api": ("kresize-api", "http"), "kresize-operator": ("kresize-operator-metrics", "metrics")}
+    expected = {"kresize-api-metrics": ("kresize-api-metrics", "metrics"),
+                "kresize-operator-metrics": ("kresize-operator-metrics", "metrics")}
     for name, monitor in monitors.items():
         errors = [e.message for e in jsonschema.Draft7Validator(SERVICE_MONITOR_SCHEMA).iter_errors(monitor)]
         assert not errors, f"{name}: {errors}"
@@ -1075,7 +1078,7 @@ def test_service_monitors(helm):
     default = render(helm, [], [])
     assert not objects(default, "ServiceMonitor")
     no_operator_metrics = render(helm, [], [*METRICS_SET, "operator.metricsPort=0"])
-    assert set(objects(no_operator_metrics, "ServiceMonitor")) == {"kresize-api"}
+    assert set(objects(no_operator_metrics, "ServiceMonitor")) == {"kresize-api-metrics"}
 
 
 def test_operator_metrics_service(helm):
@@ -1086,7 +1089,10 @@ def test_operator_metrics_service(helm):
     pod = objects(docs, "Deployment")["kresize-operator"]["spec"]["template"]
     assert selects(service["selector"], pod["metadata"]["labels"])
     (api,) = objects(docs, "Deployment")["kresize-api"]["spec"]["template"]["spec"]["containers"]
-    assert [p["name"] for p in api["ports"]] == ["http"], "the API serves /metrics on its HTTP port"
+    # The API serves /metrics on a port of its own, which only the ClusterIP Service kresize-api-metrics exposes.
+    assert [p["name"] for p in api["ports"]] == ["http", "metrics"]
+    assert [p["name"] for p in objects(docs, "Service")["kresize-api"]["spec"]["ports"]] == ["http"]
+    assert objects(docs, "Service")["kresize-api-metrics"]["spec"]["type"] == "ClusterIP"
 
     moved = render(helm, [], ["operator.metricsPort=9300"])
     (op,) = objects(moved, "Deployment")["kresize-operator"]["spec"]["template"]["spec"]["containers"]
@@ -1112,11 +1118,11 @@ def test_scrape_annotations(helm):
     assert annotations(default, "kresize-api") == {} and annotations(default, "kresize-operator") == {}
     docs = render(helm, [], METRICS_SET)
     scrape = {"prometheus.io/scrape": "true", "prometheus.io/path": "/metrics"}
-    assert annotations(docs, "kresize-api") == {**scrape, "prometheus.io/port": "8080"}
+    assert annotations(docs, "kresize-api") == {**scrape, "prometheus.io/port": "9090"}
     assert annotations(docs, "kresize-operator") == {**scrape, "prometheus.io/port": "9090"}
     own = render(helm, [], [*METRICS_SET, "api.podAnnotations.team=images",
                             "api.podAnnotations.prometheus\\.io/path=/custom", "operator.metricsPort=0"])
-    assert annotations(own, "kresize-api") == {**scrape, "prometheus.io/port": "8080", "team": "images",
+    assert annotations(own, "kresize-api") == {**scrape, "prometheus.io/port": "9090", "team": "images",
                                                "prometheus.io/path": "/custom"}, "podAnnotations win"
     assert annotations(own, "kresize-operator") == {}, "no metrics port, nothing to scrape"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+import prometheus_client
 import uvicorn
 from kresize_common import logs
 from kresize_common.typed_settings import load
@@ -19,6 +20,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=settings.api_port)
     args = parser.parse_args(argv)
     logs.setup(settings.log_format)
+    if settings.metrics_port:
+        prometheus_client.start_http_server(settings.metrics_port)
     from .app import create_app  # after logging is set up: the app logs while it is made
 
     # log_config=None: uvicorn's own and its access lines go through the handler set up above.

@@ -93,9 +93,9 @@ def create_app(
         tokens = TokenStore(Path(settings.auth_tokens_dir), settings.admins)
     app.state.tokens = tokens
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    # Requests by route and status, latency histograms; /metrics is served on the API's own port.
-    Instrumentator(excluded_handlers=["/metrics", "/healthz", "/readyz"]).instrument(app).expose(
-        app, include_in_schema=False)
+    # Requests by route and status, latency histograms; served on a port of their own (__main__), so the
+    # API's public port (and any Ingress in front of it) never shows them.
+    Instrumentator(excluded_handlers=["/healthz", "/readyz"]).instrument(app)
     # Uploads are spooled to /tmp, not held in memory; this bounds how many are in flight (the others wait,
     # their bodies unread), so memory and /tmp stay within what the chart gives the pod.
     upload_slots = asyncio.Semaphore(settings.max_concurrent_uploads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from kresize_common.typed_settings import CommonSettings
-from pydantic import Field, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveInt
 
 from .auth import TOKENS_DIR
 
@@ -16,6 +16,7 @@ MAX_PRESIGN_EXPIRY_SECONDS = 86400
 class ApiSettings(CommonSettings):
     api_host: str = "127.0.0.1"
     api_port: PositiveInt = 8080
+    metrics_port: NonNegativeInt = 9090  # 0: no metrics endpoint
     max_files: PositiveInt = 1000
     max_request_bytes: PositiveInt = 512 * 1024 * 1024
     presign_expiry_seconds: int = Field(3600, ge=1, le=MAX_PRESIGN_EXPIRY_SECONDS)
