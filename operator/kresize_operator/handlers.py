@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import kubernetes
@@ -126,7 +126,8 @@ def _ensure_job(batch: kubernetes.client.BatchV1Api, job: dict[str, Any]) -> dic
     """Create the Job, or adopt the one an earlier attempt created (same deterministic name)."""
     meta = job["metadata"]
     try:
-        return batch.create_namespaced_job(meta["namespace"], job).to_dict()
+        # The client takes a plain dict as readily as a V1Job (it serialises either).
+        return batch.create_namespaced_job(meta["namespace"], cast(Any, job)).to_dict()
     except ApiException as error:
         if error.status != 409:
             raise
@@ -139,10 +140,11 @@ def _ensure_job(batch: kubernetes.client.BatchV1Api, job: dict[str, Any]) -> dic
 
 @metrics.timed
 async def start(
-    body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str, namespace: str,
-    uid: str, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any,
+    body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str, namespace: str | None,
+    uid: str, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any,
 ) -> None:
     config: OperatorSettings = memo.config
+    assert namespace is not None  # ResizeJobs are namespaced
     generation = meta.get("generation", 1)
     if status.get("phase") in TERMINAL_PHASES:
         return
@@ -243,9 +245,10 @@ def _collect(
 
 @metrics.timed
 async def sync(
-    body: kopf.Body, status: kopf.Status, spec: kopf.Spec, meta: kopf.Meta, name: str, namespace: str,
-    uid: str, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any,
+    body: kopf.Body, status: kopf.Status, spec: kopf.Spec, meta: kopf.Meta, name: str, namespace: str | None,
+    uid: str, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any,
 ) -> None:
+    assert namespace is not None  # ResizeJobs are namespaced
     generation = meta.get("generation", 1)
     job_name = status["jobName"]
     try:

@@ -63,9 +63,10 @@ def compress_ranges(indexes: set[int] | list[int]) -> str:
     """{0, 1, 2, 5} -> '0-2,5'."""
     parts: list[str] = []
     ordered = sorted(set(indexes))
-    start = previous = None
+    start: int | None = None
+    previous: int | None = None
     for index in [*ordered, None]:
-        if start is not None and (index is None or index != previous + 1):
+        if start is not None and previous is not None and (index is None or index != previous + 1):
             parts.append(str(start) if start == previous else f"{start}-{previous}")
             start = None
         if index is not None and start is None:
