@@ -8,6 +8,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kresize_common.resizejob import ResizeJobSpec, ResizeJobStatus
 from kresize_common.spec import SpecError, normalize_spec
 
 CRD = yaml.safe_load((Path(__file__).resolve().parents[1] / "manifests/crds/resizejobs.kresize.dev.yaml").read_text())
@@ -86,3 +87,30 @@ def test_the_crd_pattern_is_exactly_the_safe_key_rule(key):
     except SpecError:
         accepted = False
     assert accepted == safe_key(key), key
+
+
+# --- the generated types (common/kresize_common/resizejob.py) -----------------------------------------------
+
+def test_typed_spec_reads_what_the_apiserver_stores_and_writes_it_back():
+    stored = normalize_spec({"source": {"prefix": "in/", "keys": ["a.jpg"]}, "output": {"prefix": "results/n/j/"},
+                             "targets": [{"name": "t", "width": 10.0, "height": 8}], "retry": {}})
+    spec = ResizeJobSpec.from_dict(stored)
+    (target,) = spec.targets
+    # Defaults come from the CRD (through normalize_spec), never from Python.
+    assert (target.width, target.fit, target.format, target.quality) == (10, "cover", "original", 80)
+    assert isinstance(target.width, int)
+    assert (spec.operations.grayscale, spec.retry.backoff_limit_per_index, spec.parallelism) == (False, 3, 8)
+    assert spec.retry.active_deadline_seconds is None and spec.source.keys == ("a.jpg",)
+    assert spec.to_dict() == {**stored, "targets": [{**stored["targets"][0], "width": 10}]}
+    with pytest.raises(TypeError):
+        ResizeJobSpec.from_dict({**stored, "targets": [{**stored["targets"][0], "width": 10.5}]})
+
+
+def test_typed_status_reads_what_the_operator_writes():
+    raw = {"phase": "Running", "total": 3, "succeeded": 1, "failed": 0, "progress": "1/3",
+           "results": {"bucket": "b", "prefix": "p/", "outputBucket": "b", "outputPrefix": "o/"},
+           "conditions": [{"type": "Progressing", "status": "True", "reason": "JobCreated"}]}
+    status = ResizeJobStatus.from_dict(raw)
+    assert status.results is not None and status.results.output_prefix == "o/"
+    assert status.conditions is not None and status.conditions[0].reason == "JobCreated"
+    assert status.to_dict() == raw
