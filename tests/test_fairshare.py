@@ -1,0 +1,65 @@
+"""The fair-share rules (operator/fairshare.py), proved on thousands of random inputs (hypothesis)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kresize_operator.fairshare import Demand, jain_index, share
+
+jobs_strategy = st.lists(
+    st.builds(Demand, name=st.text("abcdefgh", min_size=1, max_size=4), demand=st.integers(0, 40),
+              priority=st.integers(1, 5), created=st.floats(0, 1000)),
+    max_size=12, unique_by=lambda j: j.name)
+EQUAL = st.lists(st.builds(Demand, name=st.text("abcdefgh", min_size=1, max_size=4), demand=st.integers(0, 40),
+                           created=st.floats(0, 1000)), max_size=12, unique_by=lambda j: j.name)
+
+
+@settings(max_examples=3000)
+@given(budget=st.integers(0, 60), jobs=jobs_strategy)
+def test_the_rules(budget, jobs):
+    result = share(budget, jobs)
+    by_name = {j.name: j for j in jobs}
+    runnable = [j for j in jobs if j.demand > 0]
+    assert sum(result.pods.values()) <= budget
+    assert set(result.pods) | set(result.queued) == {j.name for j in runnable}  # nothing runnable is lost
+    assert not set(result.pods) & set(result.queued)
+    for name, pods in result.pods.items():
+        assert 1 <= pods <= by_name[name].demand  # at least one, never above demand
+    # Work-conserving: either the budget is all given out, or every admitted job has all it can use.
+    assert sum(result.pods.values()) == budget or all(p == by_name[n].demand for n, p in result.pods.items())
+    # Only a full house queues, and the queue is in priority-then-FIFO order, after everyone admitted.
+    assert not result.queued or len(result.pods) == budget
+    order = sorted(runnable, key=lambda j: (-j.priority, j.created, j.name))
+    assert [j.name for j in order] == [*sorted(result.pods, key=lambda n: order.index(by_name[n])),
+                                       *result.queued]
+    # Weighted max-min fair: no admitted job could take a pod from one with more pods per weight and still
+    # stay ahead of it (moving one pod from a richer job to a poorer one never helps the poorer one's rank).
+    for a, pa in result.pods.items():
+        for b, pb in result.pods.items():
+            ja, jb = by_name[a], by_name[b]
+            if pa < ja.demand and pb > 1:  # a wants more, b could give one
+                assert pa / ja.priority >= (pb - 1) / jb.priority - 1e-9, (a, pa, b, pb)
+
+
+@settings(max_examples=2000)
+@given(budget=st.integers(0, 60), jobs=EQUAL)
+def test_equal_weights_differ_by_at_most_one_unless_capped_by_demand(budget, jobs):
+    result = share(budget, jobs)
+    by_name = {j.name: j for j in jobs}
+    uncapped = [p for n, p in result.pods.items() if p < by_name[n].demand]
+    if uncapped:
+        assert max(result.pods.values()) - min(uncapped) <= 1
+
+
+def test_worked_example_of_the_docs():
+    jobs = [Demand("A", 10, 1, 1.0), Demand("B", 2, 1, 2.0), Demand("C", 10, 2, 3.0)]
+    assert share(6, jobs).pods == {"A": 2, "B": 1, "C": 3}
+    small = share(2, jobs)
+    assert (small.pods, small.queued) == ({"C": 1, "A": 1}, ("B",))
+    assert share(0, jobs).queued == ("C", "A", "B")
+
+
+def test_jain_index():
+    assert jain_index([3, 3, 3]) == 1.0
+    assert abs(jain_index([1, 0, 0, 0]) - 0.25) < 1e-12
+    assert jain_index([]) == 1.0
