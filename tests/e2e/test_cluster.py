@@ -214,3 +214,12 @@ def test_storage_policy_and_hostile_keys(cluster):
         result = subprocess.run([cluster.kubectl_path, "-n", cluster.namespace, "apply", "-f", "-"], input=manifest,
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode != 0 and "keys" in result.stderr, (key, result.stderr)
+
+
+@pytest.mark.parametrize(("service", "metric"), [("kresize-operator-metrics", "kresize_resizejobs"),
+                                                 ("kresize-api-metrics", "kresize_upload_bytes_total")])
+def test_metrics_are_served_in_the_cluster(cluster, service, metric):
+    """Scraped through the apiserver's service proxy, as an in-cluster Prometheus would reach them."""
+    result = cluster.kubectl("get", "--raw",
+                             f"/api/v1/namespaces/{cluster.namespace}/services/{service}:metrics/proxy/metrics")
+    assert any(line.startswith(metric) for line in result.stdout.splitlines()), result.stdout[:2000]
