@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 from kresize_common.config import ImageLimits
-from kresize_common.spec import Operations, Target
-from kresize_resizer.pipeline import ImageError, output_size, render
-from PIL import Image, ImageChops, ImageStat, JpegImagePlugin
+from kresize_common.spec import Operations, SpecError, Target
+from kresize_resizer.local import run_local
+from kresize_resizer.pipeline import ImageError, output_size, render, render_each
+from PIL import Image, ImageChops, ImageOps, ImageStat, JpegImagePlugin
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 LIMITS = ImageLimits()
@@ -203,3 +204,66 @@ def test_16_bit_grayscale_keeps_its_range():
     assert out.mode == "L" and out.size == (32, 32)
     low, high = out.getextrema()
     assert low < 10 and high > 245  # scaled to 8 bits, not clipped to white
+
+
+def test_integral_floats_from_json_are_sizes():
+    """JSON writers may emit 10.0 for 10, and `type: integer` accepts it: such a target must work."""
+    target = Target.from_dict({"name": "t", "width": 64.0, "height": 48.0, "quality": 90.0, "fit": "fill",
+                               "format": "jpeg"})
+    assert (target.width, target.height, target.quality) == (64, 48, 90)
+    assert all(type(v) is int for v in (target.width, target.height, target.quality))
+    (variant,) = render((CORPUS / "photos" / "DSCN0010.jpg").read_bytes(), [target], NO_OPS, LIMITS)
+    assert (variant.width, variant.height) == (64, 48)
+
+
+@pytest.mark.parametrize("raw", [
+    {"width": 10.5}, {"width": float("nan")}, {"height": float("inf")}, {"width": -float("inf")},
+    {"width": True}, {"width": "10"}, {"width": 0}, {"width": 10, "quality": float("nan")}, {},
+])
+def test_sizes_that_are_not_whole_numbers_never_reach_pillow(raw):
+    with pytest.raises(SpecError):
+        Target.from_dict({"name": "t", **raw})
+
+
+@pytest.mark.parametrize("raw", [{"blur": float("nan")}, {"sharpen": float("inf")}, {"blur": -1}, {"blur": "2"}])
+def test_radii_that_are_not_finite_never_reach_pillow(raw):
+    with pytest.raises(SpecError):
+        Operations.from_dict(raw)
+    assert Operations.from_dict({"blur": 2, "sharpen": 1.5}) == Operations(blur=2.0, sharpen=1.5)
+
+
+def test_big_endian_16_bit_grayscale_is_resized():
+    """I;16B (a big-endian 16-bit TIFF) once raised ValueError from point(), outside any handler."""
+    import struct
+
+    image = Image.frombytes("I;16B", (64, 64), struct.pack(">4096H", *([40000] * 32 + [0] * 32) * 64))
+    tiff = io.BytesIO()
+    image.save(tiff, "TIFF")
+    _, out = one(tiff.getvalue(), Target("t", 32, format="png"))
+    assert out.mode == "L" and out.size == (32, 32)
+    assert abs(out.getpixel((4, 16)) - 40000 / 257) <= 1 and out.getpixel((28, 16)) == 0
+
+
+def test_rgba_is_resized_as_pillow_resizes_it():
+    """The source is premultiplied once (Pillow would convert it on every resize): the same pixels."""
+    noise = Image.effect_noise((300, 200), 80)
+    rgba = Image.merge("RGBA", (noise, noise.rotate(90, expand=False), noise.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+                                Image.linear_gradient("L").resize((300, 200))))
+    for target in (Target("t", 120, 90, "fill", "png"), Target("t", 100, 100, "cover", "png")):
+        _, out = one(png(rgba), target)
+        expected = rgba.resize((120, 90), Image.Resampling.LANCZOS, reducing_gap=3.0) if target.fit == "fill" \
+            else ImageOps.fit(rgba, (100, 100), Image.Resampling.LANCZOS)
+        assert out.mode == "RGBA" and ImageChops.difference(out, expected).getextrema() == ((0, 0),) * 4
+
+
+def test_variants_are_made_smallest_first_and_listed_in_the_targets_order(tmp_path):
+    """The largest variant is made last, after the source is freed; records keep the spec's order."""
+    targets = [Target("big", 600, format="png"), Target("small", 50, format="png"), Target("mid", 200, format="png")]
+    data = (CORPUS / "photos" / "DSCN0010.jpg").read_bytes()
+    assert [v.target for v in render_each(data, targets, NO_OPS, LIMITS)] == ["small", "mid", "big"]
+    assert [v.target for v in render(data, targets, NO_OPS, LIMITS)] == ["big", "small", "mid"]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "photo.jpg").write_bytes(data)
+    spec = {"targets": [{"name": t.name, "width": t.width, "format": "png"} for t in targets]}
+    (record,) = run_local(spec, tmp_path / "in", tmp_path / "out", LIMITS)
+    assert [o["target"] for o in record["outputs"]] == ["big", "small", "mid"]

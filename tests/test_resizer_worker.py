@@ -125,3 +125,57 @@ def test_a_short_s3_outage_costs_time_not_the_pod(outage_s3, corpus, tmp_path):
     records = json.loads(client.get_object(BUCKET, layout.results_key(WORK, 0)).read())
     assert [r["status"] for r in records] == ["succeeded"] * len(images), records
     assert outage_s3.secret_key not in log.read_text()
+
+
+def test_one_odd_image_never_fails_the_shard(s3_server, corpus):
+    """A crafted AVIF on which Pillow raises RuntimeError and a PNG with a corrupt IDAT are failed records
+    naming their error; the photo next to them is resized (by a target whose width came as 64.0); exit 0."""
+    from test_corrupt_images import crafted_avif, encoded, fix_crcs, idat_position, xor
+
+    client = s3_server.client()
+    ensure_bucket(client, BUCKET)
+    with Image.open(corpus / "photos" / "DSCN0010.jpg") as image:
+        photo = image.convert("RGB")
+    png = encoded(photo, "PNG")
+    objects = {"w/odd/crafted.avif": crafted_avif(photo),
+               "w/odd/corrupt.png": fix_crcs(xor(png, idat_position(png, 0.5), b"\x5a" * 16)),
+               "w/odd/photo.jpg": (corpus / "photos" / "DSCN0010.jpg").read_bytes()}
+    for key, data in objects.items():
+        client.put_object(BUCKET, key, io.BytesIO(data), len(data))
+    put_json(client, BUCKET, layout.shard_key(WORK, 1), {
+        "index": 1, "sourceBucket": BUCKET, "outputBucket": BUCKET, "outputPrefix": "w/odd-out/",
+        "targets": [{"name": "t", "width": 64.0, "height": 64, "fit": "cover", "format": "png"}], "operations": {},
+        "images": [{"key": key, "id": key.rsplit("/", 1)[1].split(".")[0]} for key in objects],
+    })
+    client.remove_object(BUCKET, layout.results_key(WORK, 1))
+    result = run_pod(s3_server, 1)
+    assert result.returncode == 0, result.stderr
+    records = {r["source"]: r for r in json.loads(client.get_object(BUCKET, layout.results_key(WORK, 1)).read())}
+    crafted = records["w/odd/crafted.avif"]
+    assert crafted["status"] == "failed" and crafted["outputs"] == []
+    assert "RuntimeError" in crafted["error"] and "Missing or empty image item" in crafted["error"]
+    assert records["w/odd/corrupt.png"]["status"] == "failed" and "corrupt" in records["w/odd/corrupt.png"]["error"]
+    assert records["w/odd/photo.jpg"]["status"] == "succeeded"
+    (output,) = records["w/odd/photo.jpg"]["outputs"]
+    assert (output["width"], output["height"]) == (64, 64)
+    assert "RuntimeError" in result.stderr  # logged with its traceback for whoever debugs it
+
+
+@pytest.mark.parametrize(("targets", "operations", "message"), [
+    ([{"name": "t", "width": 10.5}], {}, "must be an integer"),
+    ([{"name": "t", "width": float("nan")}], {}, "must be an integer"),
+    ([{"name": "t", "height": float("inf")}], {}, "must be an integer"),
+    ([{"name": "t", "width": 10}], {"blur": float("nan")}, "finite number"),
+    ([{"name": "t", "width": 10}], {"sharpen": float("inf")}, "finite number"),
+])
+def test_targets_the_pipeline_cannot_use_fail_every_image_without_touching_s3(targets, operations, message):
+    """Values no Pillow call may see (NaN, infinities, fractional sizes) fail the shard's images, not the pod:
+    a retry would meet them again. No S3 client is needed to find that out."""
+    from kresize_common.config import ImageLimits
+    from kresize_resizer.worker import process_shard
+
+    shard = {"index": 0, "sourceBucket": BUCKET, "outputBucket": BUCKET, "outputPrefix": "o/", "targets": targets,
+             "operations": operations, "images": [{"key": "a.jpg", "id": "a"}, {"key": "b.jpg", "id": "b"}]}
+    records = process_shard(None, shard, ImageLimits())  # type: ignore[arg-type]
+    assert [r["source"] for r in records] == ["a.jpg", "b.jpg"]
+    assert all(r["status"] == "failed" and message in r["error"] for r in records), records

@@ -91,12 +91,11 @@ def _list_key_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]
         list_type = schema.get("x-kubernetes-list-type")
         seen: set[Any] = set()
         for index, item in enumerate(value):
+            key: Any = None
             if list_type == "map" and isinstance(item, dict):
                 key = tuple(item.get(k) for k in schema.get("x-kubernetes-list-map-keys", []))
             elif list_type == "set":
                 key = repr(item)
-            else:
-                key = None
             if key is not None:
                 if key in seen:
                     shown = key[0] if isinstance(key, tuple) and len(key) == 1 else key
@@ -117,16 +116,17 @@ def validate(schema: dict[str, Any], value: Any, path: str) -> list[str]:
 
 
 def _message(error: jsonschema.ValidationError) -> str:
+    expected: Any = error.validator_value  # the schema keyword's value (jsonschema types it loosely)
     if error.validator == "anyOf":
-        needed = [" or ".join(s.get("required", [])) for s in error.validator_value]
+        needed = [" or ".join(s.get("required", [])) for s in expected]
         return f"needs at least one of: {', '.join(needed)}"
-    if error.validator == "pattern" and "\\x00-" in error.validator_value:  # the object-key pattern
+    if error.validator == "pattern" and "\\x00-" in expected:  # the object-key pattern
         return (f"{error.instance!r} is not a safe object key: no leading slash, empty segment, segment "
                 "starting with '.', control character, backslash or percent sign")
     if error.validator == "pattern":
-        return f"{error.instance!r} is not allowed (must match {error.validator_value})"
+        return f"{error.instance!r} is not allowed (must match {expected})"
     if error.validator == "enum":
-        return f"{error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
+        return f"{error.instance!r} is not one of {', '.join(map(str, expected))}"
     if error.validator == "minimum":
         return f"must be at least {error.validator_value}, got {error.instance}"
     if error.validator == "maximum":
@@ -164,15 +164,36 @@ class Target:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Target:
+        """The pipeline's view of one (validated) target. An integral float (`width: 10.0`: JSON writers may
+        emit it, and `type: integer` accepts it) becomes an int; a non-integral, NaN or infinite size or
+        quality, or a size below 1, raises SpecError: such values never reach Pillow."""
+        where = f"target {raw.get('name')!r}"
+
+        def whole(name: str, default: int | None = None) -> int | None:
+            value = raw.get(name, default)
+            if value is None:
+                return None
+            if isinstance(value, float) and value.is_integer():  # False for NaN and the infinities
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SpecError([f"{where}.{name}: must be an integer, got {value!r}"])
+            return value
+
         match = _HEX.match(raw.get("background", "#ffffff"))
         background = tuple(int(g, 16) for g in match.groups()) if match else (255, 255, 255)
+        width, height = whole("width"), whole("height")
+        if width is None and height is None:
+            raise SpecError([f"{where}: needs a width or a height"])
+        for name, size in (("width", width), ("height", height)):
+            if size is not None and size < 1:
+                raise SpecError([f"{where}.{name}: must be at least 1, got {size}"])
         return cls(
             name=raw["name"],
-            width=raw.get("width"),
-            height=raw.get("height"),
+            width=width,
+            height=height,
             fit=raw.get("fit", "cover"),
             format=raw.get("format", "original"),
-            quality=raw.get("quality", 80),
+            quality=whole("quality", 80),  # type: ignore[arg-type]
             upscale=raw.get("upscale", False),
             background=background,  # type: ignore[arg-type]
         )
@@ -186,9 +207,20 @@ class Operations:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> Operations:
+        """The pipeline's view of the operations; a radius that is not a finite number >= 0 (NaN, infinity)
+        raises SpecError: it never reaches Pillow."""
+        import math
+
         raw = raw or {}
+
+        def radius(name: str) -> float:
+            value = raw.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise SpecError([f"operations.{name}: must be a finite number >= 0, got {value!r}"])
+            return float(value)
+
         return cls(
             grayscale=bool(raw.get("grayscale", False)),
-            blur=float(raw.get("blur", 0)),
-            sharpen=float(raw.get("sharpen", 0)),
+            blur=radius("blur"),
+            sharpen=radius("sharpen"),
         )

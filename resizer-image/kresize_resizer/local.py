@@ -11,7 +11,7 @@ import yaml
 from kresize_common.config import ImageLimits
 from kresize_common.spec import Operations, Target, normalize_spec
 
-from .pipeline import ImageError, make_record, render
+from .pipeline import ImageError, make_record, render_each
 
 log = logging.getLogger("kresize.resizer")
 
@@ -22,7 +22,12 @@ def load_spec(path: Path) -> dict[str, Any]:
     document = yaml.safe_load(path.read_text())
     spec = dict((document or {}).get("spec") or {}) if isinstance(document, dict) else {}
     spec.setdefault("source", {"prefix": "local/"})  # not used locally
-    return normalize_spec(spec)
+    spec = normalize_spec(spec)
+    # What the schema lets through but the pipeline cannot use (a NaN blur from YAML's .nan): a usage error.
+    for target in spec["targets"]:
+        Target.from_dict(target)
+    Operations.from_dict(spec.get("operations"))
+    return spec
 
 
 def safe_stem(name: str) -> str | None:
@@ -50,6 +55,7 @@ def input_files(folder: Path) -> list[Path]:
 def run_local(spec: dict[str, Any], input_dir: Path, output_dir: Path, limits: ImageLimits) -> list[dict]:
     targets = [Target.from_dict(t) for t in spec["targets"]]
     operations = Operations.from_dict(spec.get("operations"))
+    names = [target.name for target in targets]
     output_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     used_stems: set[str] = set()
@@ -61,21 +67,40 @@ def run_local(spec: dict[str, Any], input_dir: Path, output_dir: Path, limits: I
         if stem in used_stems:  # a.jpg and a.png would write the same outputs: the first one wins
             records.append(make_record(path.name, None, f"another input already produced outputs for {stem!r}"))
             continue
+        outputs: list[dict[str, Any]] = []
+        failure: str | None = None
         try:
-            rendered = render(path.read_bytes(), targets, operations, limits)
-        except ImageError as error:
-            records.append(make_record(path.name, None, str(error)))
-            log.info("failed %s: %s", path.name, error)
+            with path.open("rb") as file:
+                data = file.read(limits.max_bytes + 1)  # enough to tell a file over the limit, never more
+        except OSError as error:
+            records.append(make_record(path.name, None, f"cannot read the file: {error.strerror or error}"))
             continue
-        used_stems.add(stem)
-        (output_dir / stem).mkdir(exist_ok=True)
-        outputs = []
-        for variant in rendered:
+        variants = render_each(data, targets, operations, limits)
+        del data  # the pipeline drops the encoded input once decoded
+        while True:
+            try:
+                variant = next(variants, None)
+            except ImageError as error:
+                failure = str(error)
+                break
+            except Exception as error:  # one odd image never stops the run
+                failure = f"unexpected error while resizing: {type(error).__name__}: {error}"
+                log.warning("failed %s: %s", path.name, failure, exc_info=True)
+                break
+            if variant is None:
+                break
+            used_stems.add(stem)
+            (output_dir / stem).mkdir(exist_ok=True)
             relative = f"{stem}/{variant.target}.{variant.extension}"
-            (output_dir / relative).write_bytes(variant.data)
+            (output_dir / relative).write_bytes(variant.data)  # an OSError here is the folder's, not the image's
             outputs.append({"target": variant.target, "path": relative, "width": variant.width,
                             "height": variant.height, "format": variant.format, "bytes": len(variant.data)})
-        records.append(make_record(path.name, outputs, None))
-        log.info("resized %s into %d variants", path.name, len(outputs))
+            del variant  # before the next variant is made
+        outputs.sort(key=lambda output: names.index(output["target"]))  # made smallest first
+        records.append(make_record(path.name, outputs, failure))
+        if failure:
+            log.info("failed %s: %s", path.name, failure)
+        else:
+            log.info("resized %s into %d variants", path.name, len(outputs))
     (output_dir / "results.json").write_text(json.dumps(records, indent=2) + "\n")
     return records

@@ -1,21 +1,91 @@
 """The image pipeline: bytes in, encoded variants out. Pure functions, no I/O.
 
-Order: limits (bytes, then pixels from the header, before any decoding) -> JPEG draft to the largest size
-any target needs -> decode -> EXIF auto-rotation -> ICC profile to sRGB -> mode normalisation (CMYK,
-palette, 16-bit, alpha) -> per target: resize to the fit -> operations -> alpha handling -> encode without
-metadata.
+Order: limits (bytes, then pixels from the header, before any decoding) -> JPEG draft to the largest size any
+target needs -> output limits (every target's size from the decoded, upright source size: before decoding when
+the orientation is known, again after) -> integrity of the compressed stream (PNG, deflate TIFF) -> decode
+(once) -> EXIF auto-rotation -> ICC profile to sRGB -> mode normalisation (CMYK, palette, 16-bit, alpha) -> per
+target, one at a time, smallest first: resize to the fit -> operations -> alpha handling -> encode without
+metadata -> hand the variant out (`render_each`).
 
 Decisions: truncated or corrupt files fail (Pillow's LOAD_TRUNCATED_IMAGES stays off: a half-grey photo is
 silent data corruption); animated images use their first frame; `format: original` keeps JPEG, PNG, WebP and
 AVIF and writes anything else as PNG.
+
+Decoding errors are never swallowed
+-----------------------------------
+The pixels are decoded exactly once, by `decode`'s own `load()`, and any error it raises fails the image.
+Nothing may decode earlier: Pillow's `PngImageFile.getexif()` calls `load()` when the eXIf chunk was not seen
+before the image data, and `ImageFile.load()` keeps what it decoded up to an error, so an EXIF probe that
+swallowed the error let a later `load()` return a partly black picture as a success. The EXIF orientation is
+therefore read before decoding only for JPEG (its EXIF is an APP1 segment parsed by `open`, and `draft` needs
+it), and after decoding for every other format.
+
+What a corruption inside the compressed image data does (measured with Pillow 13.0, libjpeg-turbo 3.2,
+libwebp 1.6, libtiff 4.7 on corpus photos; tests/test_corrupt_images.py pins every case):
+
+- PNG: always fails. Pillow itself checks no IDAT CRC (`load_read` skips it) and stops inflating at the last
+  row, so it can miss the zlib Adler-32 at the end of the stream, and it accepts a well-formed stream that
+  holds fewer rows (the rest stays black). `_check_png` therefore checks the CRC of every chunk and inflates
+  the IDAT stream once more, streaming (1 MiB of output at a time): it must end (zlib verifies the Adler-32)
+  and hold every row. One more inflate: ~0.7 s for 50 MP.
+- TIFF, deflate: always fails: libtiff, too, stops inflating a strip when it has its rows, so `_check_tiff`
+  inflates every strip or tile to its end. TIFF, LZW (and PackBits, uncompressed): only codes libtiff finds
+  invalid fail ("Using code not yet in table", "Not enough data"); LZW has no checksum, so a flipped bit that
+  keeps the codes valid changes pixels silently (11 of 25 single-bit flips measured; none failed).
+- GIF: codes Pillow's LZW decoder finds invalid, or a stream that ends early, fail ("broken data stream",
+  "truncated"); GIF has no checksum, so most single-bit flips (22 of 25) and some byte runs decode to wrong
+  pixels silently.
+- JPEG (baseline and progressive): what makes libjpeg *error* fails: bytes inside the scan data that read as
+  a marker opening a bad or second table, frame or scan header (DHT, DQT, SOF, SOS). Everything else decodes
+  to wrong pixels silently (every single-bit flip measured, 22 of 25 random 64-byte runs): libjpeg only
+  *warns* about bad Huffman codes, a scan ending early (an EOI or RST inside it) or extraneous bytes, and
+  Pillow drops its warnings: `JpegDecode.c` installs a no-op `output_message` and has its `num_warnings` check
+  commented out, the decoder returns 0, so `ImageFile.ERRORS` (decoder return codes) never sees them, and
+  nothing in `JpegImagePlugin` or `Image.core` exposes them (python-pillow/Pillow#9106: no way to turn them
+  into errors). And JPEG has no checksum: a flipped coefficient bit is valid data even libjpeg cannot notice.
+- WebP (lossy VP8 and lossless VP8L): only a corrupt frame header or partition size (the first bytes of the
+  payload) fails ("failed to read next frame"); VP8's arithmetic-coded partitions and VP8L's prefix codes
+  accept any bits and WebP has no checksum, so corruption further into the payload decodes to wrong pixels
+  silently (200 of 200 measured). AVIF (AV1) has no checksum either.
+
+Memory: worst case per image
+----------------------------
+Pillow keeps RGB, RGBA and LA pixels in 4 bytes (L in 1). With P_in the decoded pixels (<= KRESIZE_MAX_PIXELS,
+half of it for WebP), P_out one variant's pixels (<= KRESIZE_MAX_OUTPUT_PIXELS, a quarter of it for AVIF and for
+WebP with transparency) and B the file's bytes (<= KRESIZE_MAX_FILE_BYTES), the resident peak is about
+
+    R + B_next + max(decoding, converting, every variant)
+    decoding   = B + d * P_in   d = 4 baseline JPEG, PNG, TIFF, BMP; 5 GIF (palette, then RGBA); 7 (4:2:0)
+                                to 10 (4:4:4) progressive JPEG (libjpeg keeps every coefficient); 9 AVIF;
+                                16 WebP (Pillow's WebPAnimDecoder holds two canvases, then copies the frame)
+    converting = 8 * P_in       rotating, premultiplying alpha, CMYK, 16-bit: the old and the new copy
+    a variant  = 4 * P_in       the source, until the last variant is resized
+               + max(4 * P_r + 8 * P_out,   resizing: Pillow's intermediate P_r <= sqrt(P_in * P_out) (it
+                                            picks the pass order), the premultiplied result and its copy
+                     12 * P_out,            a blur or sharpen: the variant, the result, a transposed copy
+                     (5 + e) * P_out + E)   encoding: the flattened copy for JPEG, the encoder (e ~3
+                                            progressive JPEG, ~0 PNG, 5 WebP, ~20 WebP with alpha, 19 to 26
+                                            AVIF) and the encoded bytes E (PNG: up to ~4 * P_out)
+
+R (interpreter, Pillow, S3 client) is ~70 MiB; B_next is the next image, which the pod downloads meanwhile.
+Variants are made and handed out one at a time, smallest first, so the source is freed before the largest one
+is sharpened and encoded; the total output pixels (KRESIZE_MAX_TOTAL_OUTPUT_PIXELS) bound time and output bytes
+more than the peak. With the defaults the largest term is a 50 MP variant made while the source is still needed,
+then sharpened: 4 * 50 + 12 * 50 MP = 800 MB, with R and B_next ~880 MiB, under the chart's 1 GiB.
+tests/test_resizer_limits.py measures `kresize-resizer local` (no B_next): 789 MiB for a 50 MP rotated RGBA PNG
+with an ICC profile into two sharpened 50 MP JPEGs, 608 MiB for it into 12.5 MP AVIF and WebP-with-alpha
+variants. Without the format shares a 50 MP WebP input or a 25 MP AVIF variant would take about 1 GiB on its own
+(1051 and 1021 MiB measured with the pipeline before these changes).
 """
 
 from __future__ import annotations
 
 import io
 import math
+import struct
 import warnings
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,13 +93,35 @@ from kresize_common.config import ImageLimits
 from kresize_common.formats import INPUTS
 from kresize_common.layout import FORMAT_EXTENSIONS
 from kresize_common.spec import Operations, Target
-from PIL import Image, ImageCms, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, ImageFilter, UnidentifiedImageError
 
 # Our own limits are checked first and explicitly; Pillow's bomb check stays on as a backstop.
 Image.MAX_IMAGE_PIXELS = None
 
 ROTATED_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _SRGB = ImageCms.createProfile("sRGB")
+_REDUCING_GAP = 3.0
+# Formats that need several times the memory per pixel of the others get a share of the pixel limits.
+WEBP_INPUT_SHARE = 2  # a WebP input may have 1/2 of max_pixels: Pillow's WebP decoder needs ~16 bytes per pixel
+# An AVIF variant, or a WebP one with alpha, may have 1/4 of max_output_pixels: libaom needs ~19 bytes per pixel
+# (~26 with alpha), libwebp ~20 with alpha (5 without), JPEG and PNG encoders next to nothing.
+COSTLY_OUTPUT_SHARE = 4
+WEBP_MAX_SIDE = 16383  # the WebP format's limit
+_PREMULTIPLIED = {"RGBA": "RGBa", "LA": "La"}
+_STRAIGHT = {v: k for k, v in _PREMULTIPLIED.items()}
+_INFLATE_CHUNK = 1 << 20  # output bytes per step when checking a deflate stream
+# Exceptions by which Pillow reports bad image data; anything else is unexpected and propagates (the worker
+# and `kresize-resizer local` turn it into a failed record naming its type).
+_DATA_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
 
 
 class ImageError(Exception):
@@ -97,6 +189,41 @@ def _needed_source_size(src_w: int, src_h: int, target: Target) -> tuple[int, in
     return out_w, out_h
 
 
+def _output_format(source_format: str, target: Target) -> str:
+    if target.format == "original":
+        return INPUTS[source_format].original_output
+    return target.format
+
+
+def output_problem(src_w: int, src_h: int, targets: Sequence[Target], source_format: str, limits: ImageLimits,
+                   alpha: bool = False) -> str | None:
+    """Why these targets of an upright src_w x src_h source (with transparency: `alpha`) would exceed the
+    output limits, or None."""
+    total = 0
+    for target in targets:
+        width, height = output_size(src_w, src_h, target)
+        pixels = width * height
+        if pixels > limits.max_output_pixels:
+            return (f"output too large: target {target.name} would be {width}x{height} = {pixels} pixels, over "
+                    f"the limit of {limits.max_output_pixels} per variant (KRESIZE_MAX_OUTPUT_PIXELS)")
+        fmt = _output_format(source_format, target)
+        costly = fmt == "avif" or (fmt == "webp" and alpha)
+        if costly and pixels > limits.max_output_pixels // COSTLY_OUTPUT_SHARE:
+            kind = "AVIF" if fmt == "avif" else "WebP with transparency"
+            return (f"output too large: {kind} target {target.name} would be {width}x{height} = {pixels} pixels, "
+                    f"over {limits.max_output_pixels // COSTLY_OUTPUT_SHARE}: an AVIF variant or a WebP variant "
+                    "with transparency may have a quarter of KRESIZE_MAX_OUTPUT_PIXELS (their encoders need about "
+                    "20 bytes per pixel)")
+        if fmt == "webp" and max(width, height) > WEBP_MAX_SIDE:
+            return (f"output too large: WebP target {target.name} would be {width}x{height}; WebP stores at most "
+                    f"{WEBP_MAX_SIDE} pixels per side")
+        total += pixels
+    if total > limits.max_total_output_pixels:
+        return (f"output too large: the {len(targets)} targets would be {total} pixels together, over the limit "
+                f"of {limits.max_total_output_pixels} per image (KRESIZE_MAX_TOTAL_OUTPUT_PIXELS)")
+    return None
+
+
 def _open(data: bytes, limits: ImageLimits) -> Image.Image:
     if not data:
         raise ImageError("empty file")
@@ -108,7 +235,7 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageError("not an image (unrecognised data)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except (*_DATA_ERRORS, Image.DecompressionBombWarning) as error:
         raise ImageError(f"image is corrupt: {error}") from None
     if image.format not in INPUTS:
         raise ImageError(f"unsupported image format {image.format}")
@@ -116,7 +243,98 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
     if width * height > limits.max_pixels:
         raise ImageError(f"too many pixels: {width}x{height} = {width * height} > limit {limits.max_pixels} "
                          "(KRESIZE_MAX_PIXELS)")
+    if image.format == "WEBP" and width * height > limits.max_pixels // WEBP_INPUT_SHARE:
+        raise ImageError(f"too many pixels for a WebP: {width}x{height} = {width * height} > "
+                         f"{limits.max_pixels // WEBP_INPUT_SHARE}: a WebP image may have half of KRESIZE_MAX_PIXELS "
+                         "(its decoder needs about 16 bytes per pixel)")
     return image
+
+
+# Adam7 passes: first column, first row, column step, row step.
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def _png_image_bytes(width: int, height: int, depth: int, color: int, interlace: int) -> int:
+    """Length of the inflated IDAT stream: every row with its filter byte."""
+    bits = _PNG_CHANNELS.get(color, 0) * depth
+
+    def rows(w: int, h: int) -> int:
+        return h * (1 + (w * bits + 7) // 8) if w > 0 and h > 0 else 0
+
+    if not interlace:
+        return rows(width, height)
+    return sum(rows((width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy) for x0, y0, dx, dy in _ADAM7)
+
+
+def _inflate_to_end(inflater: Any, data: memoryview) -> int:
+    """Feed `data` to a zlib decompressor, discarding the output (1 MiB at a time); returns its length."""
+    produced = 0
+    while data and not inflater.eof:
+        produced += len(inflater.decompress(data, _INFLATE_CHUNK))
+        data = inflater.unconsumed_tail
+    return produced
+
+
+def _check_png(data: bytes) -> None:
+    """Every chunk's CRC up to IEND, and an IDAT zlib stream that ends (Adler-32) and holds every row.
+    Trailing bytes after IEND and a file cut after the complete image data (Pillow reads both) pass."""
+    view = memoryview(data)
+    inflater = zlib.decompressobj()
+    header: tuple[int, ...] | None = None
+    produced = 0
+    position = 8
+    while position + 12 <= len(data):  # a file cut after its image data (no IEND) still has every row
+        length, kind = struct.unpack_from(">I4s", data, position)
+        end = position + 8 + length
+        if end + 4 > len(data):
+            break  # cut off inside this chunk: fine only if the image data is complete (checked below)
+        if zlib.crc32(view[position + 4:end]) != struct.unpack_from(">I", data, end)[0]:
+            raise ImageError(f"image is corrupt: PNG chunk {kind.decode('latin-1')!r} at byte {position} fails its "
+                             "CRC check")
+        if kind == b"IHDR" and length >= 13:
+            header = struct.unpack_from(">IIBBBBB", data, position + 8)
+        elif kind == b"IDAT":
+            try:
+                produced += _inflate_to_end(inflater, view[position + 8:end])
+            except zlib.error as error:
+                raise ImageError(f"image is corrupt: PNG image data: {error}") from None
+        elif kind == b"IEND":
+            break
+        position = end + 4
+    try:
+        produced += len(inflater.flush())
+    except zlib.error as error:
+        raise ImageError(f"image is corrupt: PNG image data: {error}") from None
+    if header is None:
+        return  # Pillow refuses a PNG without IHDR at open
+    width, height, depth, color, _, _, interlace = header
+    if not inflater.eof or produced < _png_image_bytes(width, height, depth, color, interlace):
+        raise ImageError("image is truncated: the PNG image data ends before the last row")
+
+
+def _check_tiff(data: bytes, image: Image.Image) -> None:
+    """Deflate strips or tiles of the first image must each be a complete zlib stream (Adler-32 checked)."""
+    tags = getattr(image, "tag_v2", None)
+    if tags is None or tags.get(259) not in (8, 32946):  # Adobe deflate, old deflate
+        return
+    offsets, counts = tags.get(324) or tags.get(273), tags.get(325) or tags.get(279)
+    if not offsets or not counts:
+        return  # libtiff reports a TIFF without strips
+    view = memoryview(data)
+    for index, (offset, count) in enumerate(zip(offsets, counts, strict=False)):
+        if not count:
+            continue
+        if offset + count > len(data):
+            raise ImageError(f"image is truncated: TIFF strip {index} runs past the end of the file")
+        inflater = zlib.decompressobj()
+        try:
+            _inflate_to_end(inflater, view[offset:offset + count])
+            inflater.flush()
+        except zlib.error as error:
+            raise ImageError(f"image is corrupt: TIFF strip {index}: {error}") from None
+        if not inflater.eof:
+            raise ImageError(f"image is corrupt: TIFF strip {index} ends inside its compressed data")
 
 
 def _orientation(image: Image.Image) -> int:
@@ -126,16 +344,22 @@ def _orientation(image: Image.Image) -> int:
         return 1
 
 
+def _upright(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    return (size[1], size[0]) if orientation in ROTATED_ORIENTATIONS else size
+
+
 def _to_srgb(image: Image.Image) -> Image.Image:
-    """Convert using the embedded ICC profile; CMYK without a profile uses Pillow's conversion."""
+    """Convert using the embedded ICC profile (in place for RGB/RGBA); CMYK without a profile is left to
+    `_normalise_mode`, which uses Pillow's conversion."""
     profile = image.info.get("icc_profile")
-    if profile and image.mode in ("RGB", "RGBA", "CMYK", "L", "LA"):
+    if profile and image.mode in ("RGB", "RGBA", "CMYK"):
         try:
             source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
             if image.mode == "CMYK":
-                return ImageCms.profileToProfile(image, source, _SRGB, outputMode="RGB")
-            if image.mode in ("RGB", "RGBA"):
-                return ImageCms.profileToProfile(image, source, _SRGB, outputMode=image.mode)
+                converted = ImageCms.profileToProfile(image, source, _SRGB, outputMode="RGB")
+                assert converted is not None
+                return converted
+            ImageCms.profileToProfile(image, source, _SRGB, outputMode=image.mode, inPlace=True)
         except (ImageCms.PyCMSError, OSError, ValueError):
             pass  # a broken profile: keep the pixels as they are rather than failing the image
     return image
@@ -147,9 +371,11 @@ def _normalise_mode(image: Image.Image) -> Image.Image:
         return image
     if image.mode == "P" or "transparency" in image.info:
         return image.convert("RGBA")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return image.point(lambda v: v / 257).convert("L") if image.mode != "I" else image.convert("L")
-    if image.mode == "1":
+    if image.mode == "I;16":
+        return image.point(lambda v: v / 257).convert("L")
+    if image.mode.startswith("I;16"):  # big-endian or native 16-bit: Pillow's point() needs I;16 or I
+        return image.convert("I").point(lambda v: v / 257).convert("L")
+    if image.mode in ("I", "1"):
         return image.convert("L")
     if image.mode == "PA":
         return image.convert("RGBA")
@@ -157,48 +383,109 @@ def _normalise_mode(image: Image.Image) -> Image.Image:
 
 
 def decode(data: bytes, targets: Sequence[Target], limits: ImageLimits) -> tuple[Image.Image, str]:
-    """Decode once, as small as the largest target allows, upright and in sRGB; also the source format."""
+    """Decode once, as small as the largest target allows, upright and in sRGB; also the source format.
+
+    Fails (ImageError) on any decoding error, and before decoding or resizing when a target would exceed the
+    output limits (`output_problem`)."""
     image = _open(data, limits)
     source_format = image.format or ""
-    stored_w, stored_h = image.size
-    rotated = _orientation(image) in ROTATED_ORIENTATIONS
-    upright_w, upright_h = (stored_h, stored_w) if rotated else (stored_w, stored_h)
-    if image.format in ("JPEG", "MPO") and targets:
-        need = [_needed_source_size(upright_w, upright_h, t) for t in targets]
-        need_w, need_h = max(n[0] for n in need), max(n[1] for n in need)
-        if rotated:
-            need_w, need_h = need_h, need_w
-        if need_w < stored_w and need_h < stored_h:
-            image.draft(image.mode if image.mode in ("RGB", "L", "CMYK") else "RGB", (need_w, need_h))
+    orientation: int | None = None
+    if source_format in ("JPEG", "MPO"):
+        orientation = _orientation(image)  # from the APP1 segment parsed by open(): decodes no pixels
+        stored_w, stored_h = image.size
+        upright_w, upright_h = _upright(image.size, orientation)
+        if targets:
+            need = [_needed_source_size(upright_w, upright_h, t) for t in targets]
+            need_w, need_h = _upright((max(n[0] for n in need), max(n[1] for n in need)), orientation)
+            if need_w < stored_w and need_h < stored_h:
+                image.draft(image.mode if image.mode in ("RGB", "L", "CMYK") else "RGB", (need_w, need_h))
+        problem = output_problem(*_upright(image.size, orientation), targets, source_format, limits)
+    else:  # orientation unknown until decoded (a PNG may keep eXIf after its pixels): fail early if either fails
+        problem = output_problem(*image.size, targets, source_format, limits)
+        if problem and not output_problem(*_upright(image.size, 6), targets, source_format, limits):
+            problem = None
+    if problem:
+        raise ImageError(problem)
+    if source_format == "PNG":
+        _check_png(data)
+    elif source_format == "TIFF":
+        _check_tiff(data, image)
     try:
         image.seek(0)
-        image.load()
-        image = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+        image.load()  # the only decode: an error here fails the image, whatever was decoded before it
+    except _DATA_ERRORS as error:
         message = str(error)
         if "truncated" in message.lower() or isinstance(error, EOFError):
             raise ImageError(f"image is truncated: {message}") from None
         raise ImageError(f"image is corrupt: {message}") from None
     except MemoryError:
         raise ImageError("image needs more memory than this pod has") from None
-    image = _normalise_mode(_to_srgb(image))
-    # exif_transpose may leave info behind; nothing of the source's metadata goes out.
+    if orientation is None:
+        orientation = _orientation(image)
+    mode = image.mode
+    alpha = mode in _PREMULTIPLIED or mode == "PA" or (mode not in ("RGB", "L") and "transparency" in image.info)
+    problem = output_problem(*_upright(image.size, orientation), targets, source_format, limits, alpha)
+    if problem:
+        raise ImageError(problem)
+    try:
+        if orientation in _TRANSPOSE:
+            image = image.transpose(_TRANSPOSE[orientation])  # the decoded original goes right after
+        image = _normalise_mode(_to_srgb(image))
+        if isinstance(image, ImageFile.ImageFile) and source_format in ("WEBP", "AVIF"):
+            # Still the opened file, whose decoder holds canvases of the whole image: keep only the pixels.
+            image = image.copy()
+    except (OSError, ValueError) as error:
+        raise ImageError(f"cannot convert the pixels ({mode}): {error}") from None
+    except MemoryError:
+        raise ImageError("image needs more memory than this pod has") from None
+    # Nothing of the source's metadata goes out.
     image.info = {}
     return image, source_format
 
 
+def _cover_box(src_w: int, src_h: int, out_w: int, out_h: int) -> tuple[float, float, float, float]:
+    """The centred crop of the source with the output's aspect ratio (as ImageOps.fit computes it)."""
+    ratio = out_w / out_h
+    if src_w / src_h == ratio:
+        crop_w, crop_h = float(src_w), float(src_h)
+    elif src_w / src_h > ratio:
+        crop_w, crop_h = ratio * src_h, float(src_h)
+    else:
+        crop_w, crop_h = float(src_w), src_w / ratio
+    left, top = (src_w - crop_w) / 2, (src_h - crop_h) / 2
+    return left, top, left + crop_w, top + crop_h
+
+
+def _resample(image: Image.Image, size: tuple[int, int],
+              box: tuple[float, float, float, float] | None = None) -> Image.Image:
+    """Lanczos resize of `box` (default: everything) to `size`, reducing by whole factors first when
+    shrinking by 3 or more (`reducing_gap`). Pillow (13) resamples in two passes and picks their order by the
+    smaller intermediate: at most min(out_w * in_h, in_w * out_h) <= sqrt(P_in * P_out) pixels
+    (tests/test_resizer_limits.py pins it)."""
+    whole = (0, 0, *image.size)
+    if size == image.size and box in (None, whole):
+        return image  # nothing to do (`_straight` or the caller copies before anything changes it)
+    return image.resize(size, Image.Resampling.LANCZOS, box=box or whole, reducing_gap=_REDUCING_GAP)
+
+
+def _straight(image: Image.Image) -> Image.Image:
+    """A resized (premultiplied) variant back to straight alpha; never the source object itself."""
+    return image.convert(_STRAIGHT[image.mode]) if image.mode in _STRAIGHT else image
+
+
 def _resize(image: Image.Image, target: Target) -> Image.Image:
+    """The target's variant of `image` (RGB, L, or premultiplied RGBa/La), in RGB, L, RGBA or LA."""
     src_w, src_h = image.size
     out_w, out_h = output_size(src_w, src_h, target)
     if not (target.width and target.height) or target.fit in ("inside", "fill"):
-        return image.resize((out_w, out_h), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        return _straight(_resample(image, (out_w, out_h)))
     if target.fit == "cover":
-        return ImageOps.fit(image, (out_w, out_h), Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+        return _straight(_resample(image, (out_w, out_h), _cover_box(src_w, src_h, out_w, out_h)))
     # contain: scale like inside (never enlarging without upscale), then pad to the exact box
     scale = min(out_w / src_w, out_h / src_h)
     if not target.upscale:
         scale = min(scale, 1.0)
-    inner = image.resize(_scaled(src_w, src_h, scale), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    inner = _straight(_resample(image, _scaled(src_w, src_h, scale)))
     mode = "RGBA" if "A" in inner.mode else inner.mode
     fill: Any = (*target.background, 0) if mode == "RGBA" else target.background
     if mode == "L":
@@ -208,34 +495,46 @@ def _resize(image: Image.Image, target: Target) -> Image.Image:
     return canvas
 
 
-def _apply_operations(image: Image.Image, operations: Operations) -> Image.Image:
-    if operations.grayscale and image.mode not in ("L", "LA"):
-        image = image.convert("LA" if "A" in image.mode else "L")
+def _operation_steps(operations: Operations) -> list[Callable[[Image.Image], Image.Image]]:
+    """The operations as steps, each making a new image (the caller drops the old one)."""
+    steps: list[Callable[[Image.Image], Image.Image]] = []
+    if operations.grayscale:
+        steps.append(lambda image: image if image.mode in ("L", "LA")
+                     else image.convert("LA" if "A" in image.mode else "L"))
     if operations.blur > 0:
-        image = image.filter(ImageFilter.GaussianBlur(operations.blur))
+        steps.append(lambda image: image.filter(ImageFilter.GaussianBlur(operations.blur)))
     if operations.sharpen > 0:
-        image = image.filter(ImageFilter.UnsharpMask(radius=operations.sharpen, percent=100, threshold=2))
+        steps.append(lambda image: image.filter(
+            ImageFilter.UnsharpMask(radius=operations.sharpen, percent=100, threshold=2)))
+    return steps
+
+
+def _flatten(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """RGBA -> RGB and LA -> L on the background colour (for JPEG, which has no alpha)."""
+    alpha = image.getchannel("A")
+    if image.mode == "LA":
+        flat = Image.new("L", image.size, round(sum(background) / 3))
+        flat.paste(image.getchannel("L"), mask=alpha)
+        return flat
+    flat = Image.new("RGB", image.size, background)
+    flat.paste(image if image.mode == "RGBA" else image.convert("RGBA"), mask=alpha)
+    return flat
+
+
+def _encoder_mode(image: Image.Image, fmt: str, target: Target) -> Image.Image:
+    """The variant in a mode the format stores: alpha flattened on the background for JPEG."""
+    has_alpha = "A" in image.mode
+    if fmt == "jpeg":
+        if has_alpha:
+            return _flatten(image, target.background)
+        if image.mode not in ("RGB", "L"):
+            return image.convert("RGB")
+    elif fmt in ("webp", "avif") and image.mode not in ("RGB", "RGBA"):
+        return image.convert("RGBA" if has_alpha else "RGB")
     return image
 
 
-def _output_format(source_format: str, target: Target) -> str:
-    if target.format == "original":
-        return INPUTS[source_format].original_output
-    return target.format
-
-
-def _encode(image: Image.Image, fmt: str, target: Target) -> bytes:
-    has_alpha = "A" in image.mode
-    if fmt == "jpeg":
-        if has_alpha:  # JPEG has no alpha: flatten on the background colour
-            rgba = image.convert("RGBA")
-            flat = Image.new("RGB", image.size, target.background)
-            flat.paste(rgba, mask=rgba.getchannel("A"))
-            image = flat if image.mode == "RGBA" else flat.convert("L")
-        elif image.mode not in ("RGB", "L"):
-            image = image.convert("RGB")
-    elif fmt in ("webp", "avif") and image.mode not in ("RGB", "RGBA"):
-        image = image.convert("RGBA" if has_alpha else "RGB")
+def _save(image: Image.Image, fmt: str, target: Target) -> bytes:
     out = io.BytesIO()
     if fmt == "jpeg":
         image.save(out, "JPEG", quality=target.quality, optimize=True, progressive=True)
@@ -248,21 +547,52 @@ def _encode(image: Image.Image, fmt: str, target: Target) -> bytes:
     return out.getvalue()
 
 
-def render(data: bytes, targets: Sequence[Target], operations: Operations, limits: ImageLimits) -> list[Rendered]:
-    """Every target of one image, or ImageError with a readable reason."""
-    image, source_format = decode(data, targets, limits)
-    results = []
-    for target in targets:
+def render_each(data: bytes, targets: Sequence[Target], operations: Operations,
+                limits: ImageLimits) -> Iterator[Rendered]:
+    """Every target of one image, made and handed out one at a time (drop each before taking the next),
+    smallest first: the source is freed before the largest variant's operations and encoding.
+
+    Raises ImageError with a readable reason for a bad image (before the first variant when it is the input
+    or the output limits); other exceptions are unexpected and propagate. Each step rebinds `variant`, so
+    only the image a step reads and the one it makes are alive."""
+    source: Image.Image | None
+    source, source_format = decode(data, targets, limits)
+    del data  # the caller may drop its reference too: the encoded input is not needed any more
+    if source.mode in _PREMULTIPLIED:
+        # Pillow resizes RGBA and LA premultiplied, converting the whole input on every resize() call:
+        # convert the source once instead.
+        source = source.convert(_PREMULTIPLIED[source.mode])
+    sizes = [output_size(*source.size, target) for target in targets]
+    order = sorted(range(len(targets)), key=lambda i: sizes[i][0] * sizes[i][1])
+    steps = _operation_steps(operations)
+    for position, index in enumerate(order):
+        target = targets[index]
+        fmt = _output_format(source_format, target)
         try:
-            variant = _apply_operations(_resize(image, target), operations)
-            fmt = _output_format(source_format, target)
-            encoded = _encode(variant, fmt, target)
+            assert source is not None
+            variant = _resize(source, target)
+            if position == len(order) - 1:
+                source = None  # the last resize is done: free the source before operations and encoding
+            for step in steps:
+                variant = step(variant)
+            variant = _encoder_mode(variant, fmt, target)
+            width, height = variant.size
+            encoded = _save(variant, fmt, target)
+            del variant
         except MemoryError:
             raise ImageError("image needs more memory than this pod has") from None
         except (OSError, ValueError) as error:
             raise ImageError(f"could not produce {target.name}: {error}") from None
-        results.append(Rendered(target.name, encoded, variant.width, variant.height, fmt))
-    return results
+        rendered = Rendered(target.name, encoded, width, height, fmt)
+        del encoded
+        yield rendered
+        del rendered
+
+
+def render(data: bytes, targets: Sequence[Target], operations: Operations, limits: ImageLimits) -> list[Rendered]:
+    """Every target of one image in the targets' order, or ImageError with a readable reason."""
+    names = [target.name for target in targets]
+    return sorted(render_each(data, targets, operations, limits), key=lambda variant: names.index(variant.target))
 
 
 def make_record(source: str, outputs: list[dict] | None, error: str | None) -> dict:

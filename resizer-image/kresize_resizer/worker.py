@@ -28,14 +28,13 @@ from kresize_common.s3 import (
     put_bytes,
     put_json,
 )
-from kresize_common.spec import Operations, Target
+from kresize_common.spec import Operations, SpecError, Target
 from minio import Minio
 from minio.error import S3Error
 
-from .pipeline import ImageError, make_record, render
+from .pipeline import ImageError, make_record, render_each
 
 log = logging.getLogger("kresize.resizer")
-
 
 
 class SourceMissing(Exception):
@@ -58,13 +57,21 @@ def process_shard(
 
     Downloads run one image ahead in a thread so network and CPU overlap. Transient S3 errors are retried
     (`retry`); others, and those that outlast the retry budget, propagate except a missing source: they are
-    infrastructure errors and fail the pod.
+    infrastructure errors and fail the pod. Nothing about one image does: a bad image, and any unexpected
+    exception while decoding or resizing it, is a failed record naming the error (with the variants uploaded
+    before it, if any). Variants are uploaded as they are made, so only one is in memory at a time.
     """
     retry = retry or RetryPolicy()
-    targets = [Target.from_dict(t) for t in shard["targets"]]
-    operations = Operations.from_dict(shard.get("operations"))
-    source_bucket, output_bucket = shard["sourceBucket"], shard["outputBucket"]
     images = shard["images"]
+    try:
+        targets = [Target.from_dict(t) for t in shard["targets"]]
+        operations = Operations.from_dict(shard.get("operations"))
+    except SpecError as error:
+        # The same for every image, and a retried pod would meet it again: fail the images, not the pod.
+        log.error("shard %s has targets or operations the resizer cannot use: %s", shard.get("index"), error)
+        return [make_record(image["key"], None, f"invalid targets or operations: {error}") for image in images]
+    names = [target.name for target in targets]
+    source_bucket, output_bucket = shard["sourceBucket"], shard["outputBucket"]
     records: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending: Future[bytes] | None = None
@@ -77,13 +84,29 @@ def process_shard(
                                       retry)
             started = time.perf_counter()
             try:
-                rendered = render(current.result(), targets, operations, limits)
-            except (SourceMissing, ImageError) as error:
+                data = current.result()  # S3 errors other than a missing source propagate: infrastructure
+            except SourceMissing as error:
                 records.append(make_record(image["key"], None, str(error)))
                 log.info("failed %s: %s", image["key"], error)
                 continue
-            outputs = []
-            for variant in rendered:
+            del current
+            variants = render_each(data, targets, operations, limits)
+            del data  # the pipeline drops the encoded input once decoded
+            outputs: list[dict[str, Any]] = []
+            failure: str | None = None
+            while True:
+                try:
+                    variant = next(variants, None)
+                except ImageError as error:
+                    failure = str(error)
+                    log.info("failed %s: %s", image["key"], failure)
+                    break
+                except Exception as error:  # one odd image never fails the shard
+                    failure = f"unexpected error while resizing: {type(error).__name__}: {error}"
+                    log.warning("failed %s: %s", image["key"], failure, exc_info=True)
+                    break
+                if variant is None:
+                    break
                 key = layout.output_key(shard["outputPrefix"], image["id"], variant.target, variant.extension)
                 retry.call(f"PUT {key}", put_bytes, client, output_bucket, key, variant.data,
                            OUTPUTS[variant.format].content_type)
@@ -91,9 +114,12 @@ def process_shard(
                     "target": variant.target, "path": key, "width": variant.width, "height": variant.height,
                     "format": variant.format, "bytes": len(variant.data),
                 })
-            records.append(make_record(image["key"], outputs, None))
-            log.info("resized %s into %d variants in %.0f ms", image["key"], len(outputs),
-                     (time.perf_counter() - started) * 1000)
+                del variant  # before the next variant is made
+            outputs.sort(key=lambda output: names.index(output["target"]))  # made smallest first
+            records.append(make_record(image["key"], outputs, failure))
+            if failure is None:
+                log.info("resized %s into %d variants in %.0f ms", image["key"], len(outputs),
+                         (time.perf_counter() - started) * 1000)
     return records
 
 
