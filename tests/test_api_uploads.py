@@ -96,3 +96,12 @@ def test_camera_mpo_jpegs_are_accepted_as_the_resizer_handles_them():
     assert result.error is None and (result.extension, result.content_type) == ("jpg", "image/jpeg")
     (variant,) = render(data, [Target.from_dict({"name": "t", "width": 32})], Operations.from_dict(None), LIMITS)
     assert (variant.format, variant.width) == ("jpeg", 32)
+
+
+def test_the_api_refuses_a_webp_the_resizer_would_refuse():
+    """One table decides what share of the pixel limit a format may have, at upload and in the resizer."""
+    out = io.BytesIO()
+    Image.new("RGB", (30, 30), "red").save(out, "WEBP")
+    result = inspect_upload("big.webp", out.getvalue(), ImageLimits(max_pixels=1000))
+    assert result.reason == "pixels" and "1/2 of KRESIZE_MAX_PIXELS" in (result.error or "")
+    assert inspect_upload("ok.png", png_bytes((30, 30)), ImageLimits(max_pixels=1000)).error is None

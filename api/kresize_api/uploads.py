@@ -73,9 +73,12 @@ def inspect_upload(filename: str | None, data: bytes | BinaryIO, limits: ImageLi
     if fmt not in INPUTS:
         return Inspected(name, size, digest, error=f"unsupported image format {fmt}; send {ACCEPTED_NAMES}",
                          reason="format")
-    if width * height > limits.max_pixels:
+    allowed = INPUTS[fmt].max_pixels(limits.max_pixels)
+    if width * height > allowed:
+        share = f"1/{INPUTS[fmt].pixel_share} of " if INPUTS[fmt].pixel_share > 1 else ""
         return Inspected(name, size, digest, reason="pixels", error=(
-            f"too many pixels: {width}x{height} = {width * height} > limit {limits.max_pixels} (KRESIZE_MAX_PIXELS)"))
+            f"too many pixels: {width}x{height} = {width * height} > limit {allowed} ({share}KRESIZE_MAX_PIXELS "
+            f"for {fmt})"))
     return Inspected(name, size, digest, extension=INPUTS[fmt].extension, content_type=INPUTS[fmt].content_type,
                      width=width, height=height)
 

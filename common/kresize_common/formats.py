@@ -15,6 +15,12 @@ class InputFormat:
     extension: str  # of the content-addressed original (originals/<sha256>.<ext>)
     content_type: str
     original_output: str  # what `format: original` writes: an OUTPUTS key
+    # The fraction of KRESIZE_MAX_PIXELS an image of this format may have (1/pixel_share): a decoder that needs
+    # several times the memory per pixel of the others gets less (Pillow's WebP decoder: ~16 bytes per pixel).
+    pixel_share: int = 1
+
+    def max_pixels(self, limit: int) -> int:
+        return limit // self.pixel_share
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,7 @@ INPUTS = {f.pillow: f for f in (
     # Camera JPEGs with extra frames (Multi-Picture Format): Pillow calls them MPO; the first frame is the photo.
     InputFormat("MPO", "jpg", "image/jpeg", "jpeg"),
     InputFormat("PNG", "png", "image/png", "png"),
-    InputFormat("WEBP", "webp", "image/webp", "webp"),
+    InputFormat("WEBP", "webp", "image/webp", "webp", pixel_share=2),
     InputFormat("AVIF", "avif", "image/avif", "avif"),
     # No GIF, TIFF or BMP encoder is offered: `original` writes them as PNG (lossless, alpha kept).
     InputFormat("GIF", "gif", "image/gif", "png"),

@@ -111,7 +111,7 @@ _TRANSPOSE = {
 _SRGB = ImageCms.createProfile("sRGB")
 _REDUCING_GAP = 3.0
 # Formats that need several times the memory per pixel of the others get a share of the pixel limits.
-WEBP_INPUT_SHARE = 2  # a WebP input may have 1/2 of max_pixels: Pillow's WebP decoder needs ~16 bytes per pixel
+# (Inputs: formats.INPUTS[...].pixel_share, shared with the API's upload check.)
 # An AVIF variant, or a WebP one with alpha, may have 1/4 of max_output_pixels: libaom needs ~19 bytes per pixel
 # (~26 with alpha), libwebp ~20 with alpha (5 without), JPEG and PNG encoders next to nothing.
 COSTLY_OUTPUT_SHARE = 4
@@ -243,10 +243,11 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
     if width * height > limits.max_pixels:
         raise ImageError(f"too many pixels: {width}x{height} = {width * height} > limit {limits.max_pixels} "
                          "(KRESIZE_MAX_PIXELS)")
-    if image.format == "WEBP" and width * height > limits.max_pixels // WEBP_INPUT_SHARE:
-        raise ImageError(f"too many pixels for a WebP: {width}x{height} = {width * height} > "
-                         f"{limits.max_pixels // WEBP_INPUT_SHARE}: a WebP image may have half of KRESIZE_MAX_PIXELS "
-                         "(its decoder needs about 16 bytes per pixel)")
+    allowed = INPUTS[image.format].max_pixels(limits.max_pixels)
+    if width * height > allowed:
+        raise ImageError(f"too many pixels for a {image.format}: {width}x{height} = {width * height} > {allowed}: "
+                         f"a {image.format} image may have 1/{INPUTS[image.format].pixel_share} of "
+                         "KRESIZE_MAX_PIXELS (its decoder needs about 16 bytes per pixel)")
     return image
 
 
