@@ -7,6 +7,7 @@ package so every component validates exactly what the apiserver validates.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -146,9 +147,30 @@ def normalize_spec(spec: Any) -> dict[str, Any]:
     return value
 
 
-# Typed views used by the image pipeline.
+# Typed views used by the image pipeline. Their defaults are the CRD's, read from it: never restated here.
 
 _HEX = re.compile(r"^#([0-9a-fA-F]{2})([0-9a-fA-F]{2})([0-9a-fA-F]{2})$")
+
+
+def _schema_at(*path: str) -> dict[str, Any]:
+    node = spec_schema()
+    for part in path:
+        node = node["items"] if part == "[]" else node["properties"][part]
+    return node
+
+
+_TARGET_SCHEMA = _schema_at("targets", "[]")
+_OPERATIONS_SCHEMA = _schema_at("operations")
+TARGET_DEFAULTS: dict[str, Any] = apply_defaults(_TARGET_SCHEMA, {})
+OPERATION_DEFAULTS: dict[str, Any] = apply_defaults(_OPERATIONS_SCHEMA, {})
+
+
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    match = _HEX.match(hex_colour)
+    if match is None:
+        raise SpecError([f"background: {hex_colour!r} is not #rrggbb"])
+    red, green, blue = (int(g, 16) for g in match.groups())
+    return red, green, blue
 
 
 @dataclass(frozen=True)
@@ -156,21 +178,22 @@ class Target:
     name: str
     width: int | None = None
     height: int | None = None
-    fit: str = "cover"
-    format: str = "original"
-    quality: int = 80
-    upscale: bool = False
-    background: tuple[int, int, int] = (255, 255, 255)
+    fit: str = TARGET_DEFAULTS["fit"]
+    format: str = TARGET_DEFAULTS["format"]
+    quality: int = TARGET_DEFAULTS["quality"]
+    upscale: bool = TARGET_DEFAULTS["upscale"]
+    background: tuple[int, int, int] = _rgb(TARGET_DEFAULTS["background"])
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Target:
         """The pipeline's view of one (validated) target. An integral float (`width: 10.0`: JSON writers may
         emit it, and `type: integer` accepts it) becomes an int; a non-integral, NaN or infinite size or
         quality, or a size below 1, raises SpecError: such values never reach Pillow."""
+        raw = apply_defaults(_TARGET_SCHEMA, dict(raw))
         where = f"target {raw.get('name')!r}"
 
-        def whole(name: str, default: int | None = None) -> int | None:
-            value = raw.get(name, default)
+        def whole(name: str) -> int | None:
+            value = raw.get(name)
             if value is None:
                 return None
             if isinstance(value, float) and value.is_integer():  # False for NaN and the infinities
@@ -179,8 +202,6 @@ class Target:
                 raise SpecError([f"{where}.{name}: must be an integer, got {value!r}"])
             return value
 
-        match = _HEX.match(raw.get("background", "#ffffff"))
-        background = tuple(int(g, 16) for g in match.groups()) if match else (255, 255, 255)
         width, height = whole("width"), whole("height")
         if width is None and height is None:
             raise SpecError([f"{where}: needs a width or a height"])
@@ -191,36 +212,34 @@ class Target:
             name=raw["name"],
             width=width,
             height=height,
-            fit=raw.get("fit", "cover"),
-            format=raw.get("format", "original"),
-            quality=whole("quality", 80),  # type: ignore[arg-type]
-            upscale=raw.get("upscale", False),
-            background=background,  # type: ignore[arg-type]
+            fit=raw["fit"],
+            format=raw["format"],
+            quality=whole("quality"),  # type: ignore[arg-type]  # defaulted: never None
+            upscale=raw["upscale"],
+            background=_rgb(raw["background"]),
         )
 
 
 @dataclass(frozen=True)
 class Operations:
-    grayscale: bool = False
-    blur: float = 0.0
-    sharpen: float = 0.0
+    grayscale: bool = OPERATION_DEFAULTS["grayscale"]
+    blur: float = float(OPERATION_DEFAULTS["blur"])
+    sharpen: float = float(OPERATION_DEFAULTS["sharpen"])
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> Operations:
         """The pipeline's view of the operations; a radius that is not a finite number >= 0 (NaN, infinity)
         raises SpecError: it never reaches Pillow."""
-        import math
-
-        raw = raw or {}
+        raw = apply_defaults(_OPERATIONS_SCHEMA, dict(raw or {}))
 
         def radius(name: str) -> float:
-            value = raw.get(name, 0)
+            value = raw[name]
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise SpecError([f"operations.{name}: must be a finite number >= 0, got {value!r}"])
             return float(value)
 
         return cls(
-            grayscale=bool(raw.get("grayscale", False)),
+            grayscale=bool(raw["grayscale"]),
             blur=radius("blur"),
             sharpen=radius("sharpen"),
         )

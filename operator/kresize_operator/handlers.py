@@ -22,6 +22,7 @@ import kopf
 import kubernetes
 from kresize_common import layout
 from kresize_common.kube import kube_client
+from kresize_common.resizejob import ResizeJobSpec
 from kresize_common.s3 import make_client
 from kresize_common.spec import GROUP, PLURAL, VERSION, SpecError, normalize_spec
 from kubernetes.client.exceptions import ApiException
@@ -275,7 +276,8 @@ async def sync(
     finished = _job_finished(job)
     if finished is None:
         remaining = status.get("shards", 0) - len(completed | failed_indexes)
-        desired = planning.decide_parallelism(remaining, spec.get("parallelism", 8), memo.config.max_parallelism)
+        cap = ResizeJobSpec.from_dict(spec).parallelism  # as stored: the CRD's default applied
+        desired = planning.decide_parallelism(remaining, cap, memo.config.max_parallelism)
         if desired < (job.get("spec") or {}).get("parallelism", 0):
             await asyncio.to_thread(memo.batch.patch_namespaced_job, job_name, namespace,
                                     {"spec": {"parallelism": desired}})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kresize_common.resizejob import ResizeJobSpec
+
 from .config import OperatorSettings
 from .planning import ShardPlan
 
@@ -27,7 +29,7 @@ def build_job(
 ) -> dict[str, Any]:
     """An Indexed Job: index i processes shard i. Credentials come only from the named Secret. The caller
     makes the ResizeJob its owner (kopf.append_owner_reference)."""
-    retry = spec.get("retry") or {}
+    retry = ResizeJobSpec.from_dict(spec).retry  # as stored: the CRD's defaults applied
     labels = labels_for(owner_name)
     secret = config.job_s3_secret
     env = [
@@ -70,11 +72,11 @@ def build_job(
         "completionMode": "Indexed",
         "completions": plan.shards,
         "parallelism": parallelism,
-        "backoffLimitPerIndex": retry.get("backoffLimitPerIndex", 3),
+        "backoffLimitPerIndex": retry.backoff_limit_per_index,
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},
     }
-    if retry.get("activeDeadlineSeconds"):
-        job_spec["activeDeadlineSeconds"] = retry["activeDeadlineSeconds"]
+    if retry.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = retry.active_deadline_seconds
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

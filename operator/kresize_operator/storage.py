@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kresize_common import layout
+from kresize_common.resizejob import ResizeJobSpec
 from kresize_common.s3 import ensure_bucket, get_json, get_json_or_none, put_json
 from minio import Minio
 from minio.error import S3Error
@@ -63,7 +64,8 @@ def ensure_plan(
     if not keys:
         where = f"s3://{placement.source_bucket}/{spec['source'].get('prefix', '')}"
         raise PermanentSourceError(f"no images found under {where}")
-    plan = plan_shards(len(keys), spec.get("parallelism", 8), config.max_parallelism, config.sharding)
+    parallelism = ResizeJobSpec.from_dict(spec).parallelism
+    plan = plan_shards(len(keys), parallelism, config.max_parallelism, config.sharding)
     prefix = spec["source"].get("prefix", "")
     for index in range(plan.shards):
         start, end = plan.shard_bounds(index)
