@@ -266,4 +266,4 @@ def test_variants_are_made_smallest_first_and_listed_in_the_targets_order(tmp_pa
     (tmp_path / "in" / "photo.jpg").write_bytes(data)
     spec = {"targets": [{"name": t.name, "width": t.width, "format": "png"} for t in targets]}
     (record,) = run_local(spec, tmp_path / "in", tmp_path / "out", LIMITS)
-    assert [o["target"] for o in record["outputs"]] == ["big", "small", "mid"]
+    assert [o.target for o in record.outputs] == ["big", "small", "mid"]

@@ -172,10 +172,11 @@ def test_targets_the_pipeline_cannot_use_fail_every_image_without_touching_s3(ta
     """Values no Pillow call may see (NaN, infinities, fractional sizes) fail the shard's images, not the pod:
     a retry would meet them again. No S3 client is needed to find that out."""
     from kresize_common.config import ImageLimits
+    from kresize_common.records import ShardManifest
     from kresize_resizer.worker import process_shard
 
     shard = {"index": 0, "sourceBucket": BUCKET, "outputBucket": BUCKET, "outputPrefix": "o/", "targets": targets,
              "operations": operations, "images": [{"key": "a.jpg", "id": "a"}, {"key": "b.jpg", "id": "b"}]}
-    records = process_shard(None, shard, ImageLimits())  # type: ignore[arg-type]
-    assert [r["source"] for r in records] == ["a.jpg", "b.jpg"]
-    assert all(r["status"] == "failed" and message in r["error"] for r in records), records
+    records = process_shard(None, ShardManifest.from_json(shard), ImageLimits())  # type: ignore[arg-type]
+    assert [r.source for r in records] == ["a.jpg", "b.jpg"]
+    assert all(r.status == "failed" and message in (r.error or "") for r in records), records

@@ -8,6 +8,8 @@ from typing import Any, cast
 
 import kubernetes
 from kresize_common import layout
+from kresize_common.records import ImageResult, UploadedFile, UploadRecord, results_from_json
+from kresize_common.resizejob import Results
 from kresize_common.s3 import get_json, get_json_or_none, put_json
 from kresize_common.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from minio import Minio
@@ -53,23 +55,17 @@ class ResizeJobs:
             GROUP, VERSION, self.namespace, PLURAL, limit=1, _request_timeout=self.timeout)
 
 
-def upload_record(files: list[Inspected]) -> dict[str, Any]:
+def upload_record(files: list[Inspected]) -> UploadRecord:
     """What the API remembers of an upload: filename -> source object key, or why it was rejected."""
-    return {
-        "createdAt": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "files": [
-            {
-                "filename": f.filename, "bytes": f.size, "sha256": f.sha256, "error": f.error,
-                "source": None if f.error else layout.UPLOADS_SOURCE_PREFIX
-                + layout.original_key(f.sha256, f.extension),
-            }
-            for f in files
-        ],
-    }
+    return UploadRecord(tuple(
+        UploadedFile(filename=f.filename, bytes=f.size, sha256=f.sha256, error=f.error,
+                     source=None if f.error else layout.UPLOADS_SOURCE_PREFIX
+                     + layout.original_key(f.sha256, f.extension))
+        for f in files))
 
 
-def save_upload_record(s3: Minio, bucket: str, namespace: str, name: str, record: dict[str, Any]) -> None:
-    put_json(s3, bucket, layout.upload_record_key(namespace, name), record)
+def save_upload_record(s3: Minio, bucket: str, namespace: str, name: str, record: UploadRecord) -> None:
+    put_json(s3, bucket, layout.upload_record_key(namespace, name), record.to_json())
 
 
 def summary(job: dict[str, Any]) -> dict[str, Any]:
@@ -84,15 +80,17 @@ def summary(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def result_records(s3: Minio, job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def result_records(s3: Minio, job: dict[str, Any]) -> dict[str, ImageResult]:
     """Per-image result records written so far, by source key."""
-    pointer = (job.get("status") or {}).get("results") or {}
-    if not pointer.get("prefix"):
+    raw = (job.get("status") or {}).get("results")
+    if not raw or not raw.get("prefix"):
         return {}
-    records: dict[str, dict[str, Any]] = {}
-    for obj in s3.list_objects(pointer["bucket"], prefix=pointer["prefix"], recursive=True):
-        for record in get_json(s3, pointer["bucket"], obj.object_name):
-            records[record["source"]] = record
+    pointer = Results.from_dict(raw)
+    assert pointer.bucket is not None and pointer.prefix is not None
+    records: dict[str, ImageResult] = {}
+    for obj in s3.list_objects(pointer.bucket, prefix=pointer.prefix, recursive=True):
+        if obj.object_name:
+            records.update((r.source, r) for r in results_from_json(get_json(s3, pointer.bucket, obj.object_name)))
     return records
 
 
@@ -103,24 +101,26 @@ def file_states(
     records = result_records(s3, job)
     status = job.get("status") or {}
     output_bucket = (status.get("results") or {}).get("outputBucket", bucket)
-    upload = get_json_or_none(s3, bucket, layout.upload_record_key(namespace, job["metadata"]["name"]))
-    entries = upload["files"] if upload else [{"filename": None, "source": key} for key in sorted(records)]
+    raw = get_json_or_none(s3, bucket, layout.upload_record_key(namespace, job["metadata"]["name"]))
+    # A job made with kubectl has no upload record: its files are what the resizer reported.
+    entries = UploadRecord.from_json(raw).files if raw else tuple(
+        UploadedFile(filename="", bytes=0, sha256="", error=None, source=key) for key in sorted(records))
     finished = status.get("phase") in ("Succeeded", "PartiallyFailed", "Failed")
     files = []
     for entry in entries:
-        state: dict[str, Any] = {"filename": entry.get("filename"), "source": entry.get("source")}
-        record = records.get(entry.get("source") or "")
-        if entry.get("error"):
-            state.update(status="failed", error=f"rejected at upload: {entry['error']}", outputs=[])
+        state: dict[str, Any] = {"filename": entry.filename or None, "source": entry.source}
+        record = records.get(entry.source or "")
+        if entry.error:
+            state.update(status="failed", error=f"rejected at upload: {entry.error}", outputs=[])
         elif record is None:
             state.update(status="failed" if finished else "pending",
                          error="not processed" if finished else None, outputs=[])
         else:
             outputs = [
-                {**out, "url": public_s3.presigned_get_object(
-                    output_bucket, out["path"], expires=datetime.timedelta(seconds=expiry))}
-                for out in record.get("outputs", [])
+                {**out.to_json(), "url": public_s3.presigned_get_object(
+                    output_bucket, out.path, expires=datetime.timedelta(seconds=expiry))}
+                for out in record.outputs
             ]
-            state.update(status=record["status"], error=record.get("error"), outputs=outputs)
+            state.update(status=record.status, error=record.error, outputs=outputs)
         files.append(state)
     return files

@@ -33,3 +33,21 @@ def setup(fmt: str, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class _Context(logging.Filter):
+    def __init__(self, fields: dict[str, object]) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self.fields.items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+def add_context(**fields: object) -> None:
+    """Every line from now on carries these fields (in JSON, as keys), e.g. the resizer's job and index."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Context(fields))

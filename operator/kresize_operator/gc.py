@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from kresize_common import layout
+from kresize_common.records import UploadRecord
 from kresize_common.s3 import get_json_or_none, is_not_found
 from minio import Minio
 from minio.error import S3Error
@@ -38,8 +39,8 @@ def referenced_originals(s3: Minio, bucket: str, resizejobs: Iterable[dict[str, 
     """Every original an upload record or a ResizeJob names."""
     keys: set[str] = set()
     for obj in s3.list_objects(bucket, prefix=UPLOAD_RECORDS, recursive=True):
-        record = get_json_or_none(s3, bucket, obj.object_name) or {}
-        keys.update(f["source"] for f in record.get("files", []) if f.get("source"))
+        if obj.object_name:
+            keys |= UploadRecord.from_json(get_json_or_none(s3, bucket, obj.object_name) or {}).sources
     for job in resizejobs:
         source = (job.get("spec") or {}).get("source") or {}
         prefix = source.get("prefix", "")

@@ -232,13 +232,13 @@ def _collect(
             reason = (f"shard {index} failed after its retries with an infrastructure error; "
                       f"see the logs of Job {job_name} index {index}")
         for record in shard_records(memo.s3, config.s3_bucket, work, index, failed_reason=reason):
-            metrics.IMAGES.labels(record["status"]).inc()
-            if record["status"] == "succeeded":
+            metrics.IMAGES.labels(record.status).inc()
+            if record.status == "succeeded":
                 succeeded += 1
                 continue
             failures_count += 1
             if len(failures) < config.max_status_failures:
-                failures.append({"source": record["source"], "reason": record["error"] or "unknown error"})
+                failures.append({"source": record.source, "reason": record.error or "unknown error"})
         counted.add(index)
     return {"succeeded": succeeded, "failed": failures_count, "failures": failures,
             "countedIndexes": planning.compress_ranges(counted)}

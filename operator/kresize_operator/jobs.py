@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kresize_common.records import PodEnv
 from kresize_common.resizejob import ResizeJobSpec
 
 from .config import OperatorSettings
@@ -39,9 +40,9 @@ def build_job(
         {"name": "KRESIZE_S3_BUCKET", "value": config.s3.bucket},
         {"name": "KRESIZE_S3_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": secret, "key": "accessKey"}}},
         {"name": "KRESIZE_S3_SECRET_KEY", "valueFrom": {"secretKeyRef": {"name": secret, "key": "secretKey"}}},
-        {"name": "KRESIZE_WORK_PREFIX", "value": work_prefix},
+        {"name": PodEnv.WORK_PREFIX, "value": work_prefix},
         *config.limits.job_env(),
-        {"name": "KRESIZE_S3_RETRY_SECONDS", "value": str(config.s3_retry_seconds)},
+        {"name": PodEnv.S3_RETRY_SECONDS, "value": str(config.s3_retry_seconds)},
     ]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kresize_common import layout
+from kresize_common.records import ImageRef, ImageResult, ShardManifest, results_from_json
 from kresize_common.resizejob import ResizeJobSpec
 from kresize_common.s3 import ensure_bucket, get_json, get_json_or_none, put_json
 from minio import Minio
@@ -69,31 +70,26 @@ def ensure_plan(
     prefix = spec["source"].get("prefix", "")
     for index in range(plan.shards):
         start, end = plan.shard_bounds(index)
-        put_json(client, bucket, layout.shard_key(work, index), {
-            "index": index,
-            "sourceBucket": placement.source_bucket,
-            "outputBucket": placement.output_bucket,
-            "outputPrefix": placement.output_prefix,
-            "targets": spec["targets"],
-            "operations": spec.get("operations") or {},
-            "images": [{"key": key, "id": layout.image_id(key, prefix)} for key in keys[start:end]],
-        })
+        manifest = ShardManifest(
+            index=index, source_bucket=placement.source_bucket, output_bucket=placement.output_bucket,
+            output_prefix=placement.output_prefix, targets=tuple(spec["targets"]), operations=spec["operations"],
+            images=tuple(ImageRef(key, layout.image_id(key, prefix)) for key in keys[start:end]))
+        put_json(client, bucket, layout.shard_key(work, index), manifest.to_json())
     put_json(client, bucket, layout.plan_key(work), {
         "total": plan.total, "shardSize": plan.shard_size, "shards": plan.shards,
     })
     return plan
 
 
-def shard_records(client: Minio, bucket: str, work: str, index: int, *, failed_reason: str | None) -> list[dict]:
+def shard_records(
+    client: Minio, bucket: str, work: str, index: int, *, failed_reason: str | None,
+) -> list[ImageResult]:
     """Result records of one finished index. A failed index (or one whose results are missing)
     yields a failed record per image of its shard, so no image is ever silently lost."""
     if failed_reason is None:
         records = get_json_or_none(client, bucket, layout.results_key(work, index))
         if records is not None:
-            return records
+            return results_from_json(records)
         failed_reason = f"shard {index} finished without writing results"
-    shard = get_json(client, bucket, layout.shard_key(work, index))
-    return [
-        {"source": image["key"], "status": "failed", "error": failed_reason, "outputs": []}
-        for image in shard["images"]
-    ]
+    shard = ShardManifest.from_json(get_json(client, bucket, layout.shard_key(work, index)))
+    return [ImageResult.failed(image.key, failed_reason) for image in shard.images]

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"kresize-resizer: {error}", file=sys.stderr)
         return 1
-    failed = sum(1 for r in records if r["status"] == "failed")
+    failed = sum(1 for r in records if r.status == "failed")
     print(f"{len(records)} images, {len(records) - failed} succeeded, {failed} failed; "
           f"results in {args.output / 'results.json'}", file=sys.stderr)
     return 0

@@ -9,9 +9,10 @@ from typing import Any
 
 import yaml
 from kresize_common.config import ImageLimits
+from kresize_common.records import ImageResult, Variant, results_to_json
 from kresize_common.spec import Operations, Target, normalize_spec
 
-from .pipeline import ImageError, make_record, render_each
+from .pipeline import ImageError, render_each
 
 log = logging.getLogger("kresize.resizer")
 
@@ -52,28 +53,28 @@ def input_files(folder: Path) -> list[Path]:
     return files
 
 
-def run_local(spec: dict[str, Any], input_dir: Path, output_dir: Path, limits: ImageLimits) -> list[dict]:
+def run_local(spec: dict[str, Any], input_dir: Path, output_dir: Path, limits: ImageLimits) -> list[ImageResult]:
     targets = [Target.from_dict(t) for t in spec["targets"]]
     operations = Operations.from_dict(spec.get("operations"))
     names = [target.name for target in targets]
     output_dir.mkdir(parents=True, exist_ok=True)
-    records: list[dict] = []
+    records: list[ImageResult] = []
     used_stems: set[str] = set()
     for path in input_files(input_dir):
         stem = safe_stem(path.name)
         if stem is None:
-            records.append(make_record(path.name, None, "file name cannot be used as an output folder"))
+            records.append(ImageResult.failed(path.name, "file name cannot be used as an output folder"))
             continue
         if stem in used_stems:  # a.jpg and a.png would write the same outputs: the first one wins
-            records.append(make_record(path.name, None, f"another input already produced outputs for {stem!r}"))
+            records.append(ImageResult.failed(path.name, f"another input already produced outputs for {stem!r}"))
             continue
-        outputs: list[dict[str, Any]] = []
+        outputs: list[Variant] = []
         failure: str | None = None
         try:
             with path.open("rb") as file:
                 data = file.read(limits.max_bytes + 1)  # enough to tell a file over the limit, never more
         except OSError as error:
-            records.append(make_record(path.name, None, f"cannot read the file: {error.strerror or error}"))
+            records.append(ImageResult.failed(path.name, f"cannot read the file: {error.strerror or error}"))
             continue
         variants = render_each(data, targets, operations, limits)
         del data  # the pipeline drops the encoded input once decoded
@@ -93,14 +94,15 @@ def run_local(spec: dict[str, Any], input_dir: Path, output_dir: Path, limits: I
             (output_dir / stem).mkdir(exist_ok=True)
             relative = f"{stem}/{variant.target}.{variant.extension}"
             (output_dir / relative).write_bytes(variant.data)  # an OSError here is the folder's, not the image's
-            outputs.append({"target": variant.target, "path": relative, "width": variant.width,
-                            "height": variant.height, "format": variant.format, "bytes": len(variant.data)})
+            outputs.append(Variant(variant.target, relative, variant.width, variant.height, variant.format,
+                                   len(variant.data)))
             del variant  # before the next variant is made
-        outputs.sort(key=lambda output: names.index(output["target"]))  # made smallest first
-        records.append(make_record(path.name, outputs, failure))
+        outputs.sort(key=lambda output: names.index(output.target))  # made smallest first
+        records.append(ImageResult(path.name, "failed", failure, tuple(outputs)) if failure
+                       else ImageResult.succeeded(path.name, outputs))
         if failure:
             log.info("failed %s: %s", path.name, failure)
         else:
             log.info("resized %s into %d variants", path.name, len(outputs))
-    (output_dir / "results.json").write_text(json.dumps(records, indent=2) + "\n")
+    (output_dir / "results.json").write_text(json.dumps(results_to_json(records), indent=2) + "\n")
     return records

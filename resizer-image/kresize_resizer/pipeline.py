@@ -594,13 +594,3 @@ def render(data: bytes, targets: Sequence[Target], operations: Operations, limit
     """Every target of one image in the targets' order, or ImageError with a readable reason."""
     names = [target.name for target in targets]
     return sorted(render_each(data, targets, operations, limits), key=lambda variant: names.index(variant.target))
-
-
-def make_record(source: str, outputs: list[dict] | None, error: str | None) -> dict:
-    """One per-image result record (the same fields locally and in the cluster)."""
-    return {
-        "source": source,
-        "status": "failed" if error else "succeeded",
-        "error": error,
-        "outputs": outputs or [],
-    }

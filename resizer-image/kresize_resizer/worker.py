@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
-from kresize_common import layout
+from kresize_common import layout, logs
 from kresize_common.config import ImageLimits, S3Settings
 from kresize_common.formats import OUTPUTS
+from kresize_common.records import ImageResult, PodEnv, ShardManifest, Variant, results_to_json
 from kresize_common.s3 import (
     RetryPolicy,
     get_bytes,
@@ -32,7 +31,7 @@ from kresize_common.spec import Operations, SpecError, Target
 from minio import Minio
 from minio.error import S3Error
 
-from .pipeline import ImageError, make_record, render_each
+from .pipeline import ImageError, render_each
 
 log = logging.getLogger("kresize.resizer")
 
@@ -51,8 +50,8 @@ def _download(client: Minio, bucket: str, key: str, limits: ImageLimits, retry: 
 
 
 def process_shard(
-    client: Minio, shard: dict[str, Any], limits: ImageLimits, retry: RetryPolicy | None = None,
-) -> list[dict[str, Any]]:
+    client: Minio, shard: ShardManifest, limits: ImageLimits, retry: RetryPolicy | None = None,
+) -> list[ImageResult]:
     """Resize every image of a shard and upload its variants; returns one result record per image.
 
     Downloads run one image ahead in a thread so network and CPU overlap. Transient S3 errors are retried
@@ -62,78 +61,78 @@ def process_shard(
     before it, if any). Variants are uploaded as they are made, so only one is in memory at a time.
     """
     retry = retry or RetryPolicy()
-    images = shard["images"]
+    images = shard.images
     try:
-        targets = [Target.from_dict(t) for t in shard["targets"]]
-        operations = Operations.from_dict(shard.get("operations"))
+        targets = [Target.from_dict(t) for t in shard.targets]
+        operations = Operations.from_dict(shard.operations)
     except SpecError as error:
         # The same for every image, and a retried pod would meet it again: fail the images, not the pod.
-        log.error("shard %s has targets or operations the resizer cannot use: %s", shard.get("index"), error)
-        return [make_record(image["key"], None, f"invalid targets or operations: {error}") for image in images]
+        log.error("shard %s has targets or operations the resizer cannot use: %s", shard.index, error)
+        return [ImageResult.failed(image.key, f"invalid targets or operations: {error}") for image in images]
     names = [target.name for target in targets]
-    source_bucket, output_bucket = shard["sourceBucket"], shard["outputBucket"]
-    records: list[dict[str, Any]] = []
+    source_bucket, output_bucket = shard.source_bucket, shard.output_bucket
+    records: list[ImageResult] = []
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending: Future[bytes] | None = None
         for position, image in enumerate(images):
             if pending is None:
-                pending = pool.submit(_download, client, source_bucket, image["key"], limits, retry)
+                pending = pool.submit(_download, client, source_bucket, image.key, limits, retry)
             current, pending = pending, None
             if position + 1 < len(images):
-                pending = pool.submit(_download, client, source_bucket, images[position + 1]["key"], limits,
-                                      retry)
+                pending = pool.submit(_download, client, source_bucket, images[position + 1].key, limits, retry)
             started = time.perf_counter()
             try:
                 data = current.result()  # S3 errors other than a missing source propagate: infrastructure
             except SourceMissing as error:
-                records.append(make_record(image["key"], None, str(error)))
-                log.info("failed %s: %s", image["key"], error)
+                records.append(ImageResult.failed(image.key, str(error)))
+                log.info("failed %s: %s", image.key, error, extra={"image": image.key})
                 continue
             del current
             variants = render_each(data, targets, operations, limits)
             del data  # the pipeline drops the encoded input once decoded
-            outputs: list[dict[str, Any]] = []
+            outputs: list[Variant] = []
             failure: str | None = None
             while True:
                 try:
                     variant = next(variants, None)
                 except ImageError as error:
                     failure = str(error)
-                    log.info("failed %s: %s", image["key"], failure)
+                    log.info("failed %s: %s", image.key, failure, extra={"image": image.key})
                     break
                 except Exception as error:  # one odd image never fails the shard
                     failure = f"unexpected error while resizing: {type(error).__name__}: {error}"
-                    log.warning("failed %s: %s", image["key"], failure, exc_info=True)
+                    log.warning("failed %s: %s", image.key, failure, exc_info=True, extra={"image": image.key})
                     break
                 if variant is None:
                     break
-                key = layout.output_key(shard["outputPrefix"], image["id"], variant.target, variant.extension)
+                key = layout.output_key(shard.output_prefix, image.id, variant.target, variant.extension)
                 retry.call(f"PUT {key}", put_bytes, client, output_bucket, key, variant.data,
                            OUTPUTS[variant.format].content_type)
-                outputs.append({
-                    "target": variant.target, "path": key, "width": variant.width, "height": variant.height,
-                    "format": variant.format, "bytes": len(variant.data),
-                })
+                outputs.append(Variant(variant.target, key, variant.width, variant.height, variant.format,
+                                       len(variant.data)))
                 del variant  # before the next variant is made
-            outputs.sort(key=lambda output: names.index(output["target"]))  # made smallest first
-            records.append(make_record(image["key"], outputs, failure))
+            outputs.sort(key=lambda output: names.index(output.target))  # made smallest first
+            records.append(ImageResult(image.key, "failed", failure, tuple(outputs)) if failure
+                           else ImageResult.succeeded(image.key, outputs))
             if failure is None:
-                log.info("resized %s into %d variants in %.0f ms", image["key"], len(outputs),
-                         (time.perf_counter() - started) * 1000)
+                log.info("resized %s into %d variants in %.0f ms", image.key, len(outputs),
+                         (time.perf_counter() - started) * 1000, extra={"image": image.key})
     return records
 
 
 def run_from_env() -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     try:
+        logs.setup(logs.log_format())
         settings = S3Settings.from_env()
         limits = ImageLimits.from_env()
         retry = RetryPolicy.from_env()
-        work = os.environ["KRESIZE_WORK_PREFIX"]
-        index = int(os.environ["JOB_COMPLETION_INDEX"])
+        work = os.environ[PodEnv.WORK_PREFIX]
+        index = int(os.environ[PodEnv.INDEX])
     except (KeyError, ValueError) as error:
-        log.error("bad configuration: %s", error)
+        logging.getLogger("kresize.resizer").error("bad configuration: %s", error)
         return 2
+    # Every line names the job and the index (and, where it is about one, the image): JSON keys.
+    logs.add_context(job=work, index=index)
     client = make_client(settings)
     results = layout.results_key(work, index)
     try:
@@ -141,13 +140,13 @@ def run_from_env() -> int:
         if retry.call("HEAD results", object_exists, client, settings.bucket, results):
             log.info("shard %d already done (%s); nothing to do", index, results)
             return 0
-        shard = retry.call("GET shard", get_json, client, settings.bucket, layout.shard_key(work, index))
-        records = process_shard(client, shard, limits, retry)
-        retry.call("PUT results", put_json, client, settings.bucket, results, records)
+        raw = retry.call("GET shard", get_json, client, settings.bucket, layout.shard_key(work, index))
+        records = process_shard(client, ShardManifest.from_json(raw), limits, retry)
+        retry.call("PUT results", put_json, client, settings.bucket, results, results_to_json(records))
     except Exception as error:  # noqa: BLE001 - any I/O failure here is an infrastructure error
         log.error("shard %d failed with an infrastructure error, the Job will retry it: %s: %s",
                   index, type(error).__name__, error)
         return 1
-    failed = sum(1 for r in records if r["status"] == "failed")
+    failed = sum(1 for r in records if r.status == "failed")
     log.info("shard %d done: %d images, %d failed", index, len(records), failed)
     return 0
