@@ -61,6 +61,8 @@ def test_counters_match_the_job(platform):
     assert delta(op_before, op_after, "kresize_images_total", status="succeeded") == len(good)
     assert delta(op_before, op_after, "kresize_images_total", status="failed") == 0  # refused at upload: API's
     assert value(op_after, "kresize_resizejobs", phase="Succeeded") >= 1
+    assert delta(op_before, op_after, "kresize_image_duration_seconds_count") == len(good)  # from the records
+    assert delta(op_before, op_after, "kresize_shard_duration_seconds_count") >= 1
     assert value(op_after, "kresize_reconcile_duration_seconds_count", handler="start") >= 1
     assert value(op_after, "kresize_reconcile_duration_seconds_count", handler="sync") >= 1
 

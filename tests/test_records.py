@@ -26,12 +26,13 @@ def test_shard_manifest_round_trips_with_its_stored_field_names():
 
 
 def test_image_results_round_trip():
-    results = [ImageResult.succeeded("a.jpg", [Variant("t", "o/a/t.jpg", 8, 6, "jpeg", 321)]),
+    results = [ImageResult.succeeded("a.jpg", [Variant("t", "o/a/t.jpg", 8, 6, "jpeg", 321)], 0.125),
                ImageResult.failed("b.jpg", "not an image")]
     stored = results_to_json(results)
     assert stored[0] == {"source": "a.jpg", "status": "succeeded", "error": None, "outputs": [
-        {"target": "t", "path": "o/a/t.jpg", "width": 8, "height": 6, "format": "jpeg", "bytes": 321}]}
-    assert stored[1] == {"source": "b.jpg", "status": "failed", "error": "not an image", "outputs": []}
+        {"target": "t", "path": "o/a/t.jpg", "width": 8, "height": 6, "format": "jpeg", "bytes": 321}],
+        "seconds": 0.125}
+    assert stored[1] == {"source": "b.jpg", "status": "failed", "error": "not an image", "outputs": [], "seconds": 0}
     assert results_from_json(stored) == results
 
 

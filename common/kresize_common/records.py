@@ -94,23 +94,26 @@ class ImageResult:
     status: str  # succeeded | failed
     error: str | None = None
     outputs: tuple[Variant, ...] = ()
+    seconds: float = 0.0  # time to download, render and upload it (the operator's duration metrics)
 
     @classmethod
-    def succeeded(cls, source: str, outputs: list[Variant] | tuple[Variant, ...]) -> ImageResult:
-        return cls(source, "succeeded", None, tuple(outputs))
+    def succeeded(cls, source: str, outputs: list[Variant] | tuple[Variant, ...], seconds: float = 0.0,
+                  ) -> ImageResult:
+        return cls(source, "succeeded", None, tuple(outputs), seconds)
 
     @classmethod
-    def failed(cls, source: str, error: str) -> ImageResult:
-        return cls(source, "failed", error or "unknown error", ())
+    def failed(cls, source: str, error: str, seconds: float = 0.0) -> ImageResult:
+        return cls(source, "failed", error or "unknown error", (), seconds)
 
     def to_json(self) -> dict[str, Any]:
         return {"source": self.source, "status": self.status, "error": self.error,
-                "outputs": [variant.to_json() for variant in self.outputs]}
+                "outputs": [variant.to_json() for variant in self.outputs], "seconds": round(self.seconds, 4)}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> ImageResult:
         return cls(source=raw["source"], status=raw["status"], error=raw.get("error"),
-                   outputs=tuple(Variant.from_json(v) for v in raw.get("outputs") or []))
+                   outputs=tuple(Variant.from_json(v) for v in raw.get("outputs") or []),
+                   seconds=float(raw.get("seconds") or 0.0))
 
 
 def results_to_json(results: list[ImageResult]) -> list[dict[str, Any]]:

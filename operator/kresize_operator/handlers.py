@@ -231,8 +231,13 @@ def _collect(
         if index in failed:
             reason = (f"shard {index} failed after its retries with an infrastructure error; "
                       f"see the logs of Job {job_name} index {index}")
-        for record in shard_records(memo.s3, config.s3_bucket, work, index, failed_reason=reason):
+        records = shard_records(memo.s3, config.s3_bucket, work, index, failed_reason=reason)
+        if reason is None:  # the pod's own timings, not a shard failed by the Job controller
+            metrics.SHARD_SECONDS.observe(sum(record.seconds for record in records))
+        for record in records:
             metrics.IMAGES.labels(record.status).inc()
+            if record.seconds:
+                metrics.IMAGE_SECONDS.observe(record.seconds)
             if record.status == "succeeded":
                 succeeded += 1
                 continue

@@ -95,7 +95,8 @@ from kresize_common.layout import FORMAT_EXTENSIONS
 from kresize_common.spec import Operations, Target
 from PIL import Image, ImageCms, ImageFile, ImageFilter, UnidentifiedImageError
 
-# Our own limits are checked first and explicitly; Pillow's bomb check stays on as a backstop.
+# Our own limits (KRESIZE_MAX_PIXELS, per format) are checked before decoding, so Pillow's own bomb check is
+# switched off: it would only refuse, with a less helpful message, what ours already refuses.
 Image.MAX_IMAGE_PIXELS = None
 
 ROTATED_ORIENTATIONS = frozenset({5, 6, 7, 8})

@@ -112,8 +112,9 @@ def process_shard(
                                        len(variant.data)))
                 del variant  # before the next variant is made
             outputs.sort(key=lambda output: names.index(output.target))  # made smallest first
-            records.append(ImageResult(image.key, "failed", failure, tuple(outputs)) if failure
-                           else ImageResult.succeeded(image.key, outputs))
+            seconds = time.perf_counter() - started
+            records.append(ImageResult(image.key, "failed", failure, tuple(outputs), seconds) if failure
+                           else ImageResult.succeeded(image.key, outputs, seconds))
             if failure is None:
                 log.info("resized %s into %d variants in %.0f ms", image.key, len(outputs),
                          (time.perf_counter() - started) * 1000, extra={"image": image.key})
