@@ -172,10 +172,10 @@ def create_app(
             result = await run_in_threadpool(inspect_upload, upload.filename, upload.file, settings.limits)
             inspected.append(result)
             UPLOAD_BYTES.inc(result.size)
-            if result.error is not None:
-                REJECTED_FILES.labels(result.reason).inc()
             if result.error is None:
                 files[result.sha256] = upload
+            else:
+                REJECTED_FILES.labels(result.reason).inc()
         accepted = [f for f in inspected if f.error is None]
         if not accepted:
             rejected = [{"filename": f.filename, "error": f.error} for f in inspected]
