@@ -5,28 +5,19 @@ Someone else's job answers 404, exactly like a missing one, so job names do not 
 
 from __future__ import annotations
 
-import io
-import os
-
 import httpx
 import pytest
 from conftest import NAMESPACE, start_component
+from harness.images import noise_png
 from harness.procs import wait_for
 from kresize_api.auth import TENANT_LABEL, TokenStore
-from PIL import Image
 
 pytestmark = pytest.mark.slow
 ROUTES = [("post", "/v1/jobs"), ("get", "/v1/jobs"), ("get", "/v1/jobs/any"), ("delete", "/v1/jobs/any")]
 
 
-def png() -> bytes:
-    out = io.BytesIO()
-    Image.frombytes("RGB", (8, 8), os.urandom(8 * 8 * 3)).save(out, "PNG")
-    return out.getvalue()
-
-
 def submit(client: httpx.Client) -> str:
-    response = client.post("/v1/jobs", files=[("files", ("a.png", png()))], data={"width": "4"})
+    response = client.post("/v1/jobs", files=[("files", ("a.png", noise_png(8)))], data={"width": "4"})
     assert response.status_code == 202, response.text
     return response.json()["name"]
 

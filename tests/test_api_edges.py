@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import os
-
 import httpx
 import pytest
 from conftest import BUCKET, NAMESPACE, create_s3_secret, start_component
+from harness.images import noise_png
 from harness.procs import free_port, wait_for
-from PIL import Image
 
 pytestmark = pytest.mark.slow
-
-
-def unique_png(side: int = 16) -> bytes:
-    out = io.BytesIO()
-    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(out, "PNG")
-    return out.getvalue()
 
 
 def admin(platform) -> dict[str, str]:
@@ -35,7 +26,7 @@ def test_s3_unreachable(platform, s3_server, kube, tmp_path):
     url = api.url
     try:
         before = resizejob_names(platform)
-        response = httpx.post(f"{url}/v1/jobs", headers=admin(platform), files=[("files", ("a.png", unique_png()))],
+        response = httpx.post(f"{url}/v1/jobs", headers=admin(platform), files=[("files", ("a.png", noise_png()))],
                               data={"width": "10"}, timeout=60)
         assert response.status_code == 503, response.text
         assert "unavailable" in response.json()["detail"]
@@ -61,7 +52,7 @@ def test_kubernetes_unreachable_leaves_no_orphans(platform, s3_server, kube, tmp
     url = api.url
     try:
         before = {o.object_name for o in platform.s3.list_objects(BUCKET, recursive=True)}
-        response = httpx.post(f"{url}/v1/jobs", headers=admin(platform), files=[("files", ("a.png", unique_png()))],
+        response = httpx.post(f"{url}/v1/jobs", headers=admin(platform), files=[("files", ("a.png", noise_png()))],
                               data={"width": "10"}, timeout=60)
         assert response.status_code == 503, response.text
         after = {o.object_name for o in platform.s3.list_objects(BUCKET, recursive=True)}
@@ -106,11 +97,11 @@ def test_size_limits_answer_413_and_create_nothing(platform, s3_server, kube, tm
     url = api.url
     try:
         before = resizejob_names(platform)
-        big_file = httpx.post(f"{url}/v1/jobs", headers=admin(platform), files=[("files", ("a.png", unique_png(40)))],
+        big_file = httpx.post(f"{url}/v1/jobs", headers=admin(platform), files=[("files", ("a.png", noise_png(40)))],
                               data={"width": "10"})
         assert big_file.status_code == 413 and "KRESIZE_MAX_FILE_BYTES" in big_file.text
         big_request = httpx.post(f"{url}/v1/jobs", headers=admin(platform),
-                                 files=[("files", (f"{i}.png", unique_png())) for i in range(200)],
+                                 files=[("files", (f"{i}.png", noise_png())) for i in range(200)],
                                  data={"width": "10"})
         assert big_request.status_code == 413 and "KRESIZE_MAX_REQUEST_BYTES" in big_request.text
         assert resizejob_names(platform) == before

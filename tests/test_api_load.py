@@ -10,28 +10,21 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import io
 import os
 import random
 
 import httpx
 import pytest
 from conftest import BUCKET, ORPHAN_GRACE_SECONDS
+from harness.images import noise_png
 from harness.kube import Fault
 from harness.procs import wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kresize_common import layout
-from PIL import Image
 
 pytestmark = pytest.mark.slow
 TERMINAL = {"Succeeded", "PartiallyFailed", "Failed"}
-
-
-def tiny_png(seed: int) -> bytes:
-    out = io.BytesIO()
-    Image.frombytes("RGB", (12, 12), random.Random(seed).randbytes(12 * 12 * 3)).save(out, "PNG")
-    return out.getvalue()
 
 
 def key_of(data: bytes) -> str:
@@ -41,7 +34,7 @@ def key_of(data: bytes) -> str:
 def test_100_concurrent_uploads_with_failing_creates(platform, kube):
     emulator, _ = kube
     salt = os.urandom(4).hex()
-    pool = [tiny_png(hash((salt, i))) for i in range(12)]
+    pool = [noise_png(12, f"{salt}-{i}") for i in range(12)]
     picks = [random.Random(f"{salt}{n}").sample(range(len(pool)), 4) for n in range(100)]
     emulator.inject(Fault("resizejobs", "fail", times=20))
 
@@ -95,7 +88,7 @@ def test_random_form_fields_never_break_the_api(platform, fields):
 
     before = written_by_requests()
     with platform.client() as client:
-        response = client.post("/v1/jobs", files=[("files", ("a.png", tiny_png(7)))], data=fields)
+        response = client.post("/v1/jobs", files=[("files", ("a.png", noise_png(12, 7)))], data=fields)
     assert response.status_code in (202, 400, 413, 415, 422), (fields, response.status_code, response.text)
     if response.status_code == 202:
         platform.custom.delete_namespaced_custom_object("kresize.dev", "v1alpha1", "default", "resizejobs",

@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import json
-import os
 
 import httpx
 import pytest
 from conftest import BUCKET, NAMESPACE, ORPHAN_GRACE_SECONDS, start_component
+from harness.images import noise_png
 from harness.kube import Fault
 from harness.procs import wait_for
 from kresize_common import layout
 from kresize_common.s3 import object_exists
-from PIL import Image
 
 pytestmark = pytest.mark.slow
 TERMINAL = {"Succeeded", "PartiallyFailed", "Failed"}
-
-
-def unique_png(side: int = 24) -> bytes:
-    out = io.BytesIO()
-    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(out, "PNG")
-    return out.getvalue()
 
 
 def original_key(data: bytes) -> str:
@@ -40,7 +32,7 @@ def test_a_lost_create_answer_is_not_nothing_was_created(platform, kube):
     """The apiserver commits the ResizeJob but its answer never arrives: the API looks, finds it, answers 202."""
     emulator, _ = kube
     fault = emulator.inject(Fault("resizejobs", "lose-response", delay=6))
-    data = unique_png()
+    data = noise_png(24)
     with platform.client() as client:
         response = client.post("/v1/jobs", files=[("files", ("a.png", data))], data={"width": "8"})
     assert fault.times == 0, "the fault did not strike"
@@ -56,7 +48,7 @@ def test_failed_creates_never_delete_originals_others_use(platform, kube):
     """40 concurrent requests with the same new image, 20 of whose creates fail: every job that was
     accepted finds its original (before, the failing requests' rollback deleted it under them)."""
     emulator, _ = kube
-    data = unique_png()
+    data = noise_png(24)
     emulator.inject(Fault("resizejobs", "fail", times=20))
 
     def submit(_: int) -> httpx.Response:
@@ -77,7 +69,7 @@ def test_failed_creates_never_delete_originals_others_use(platform, kube):
 
 def test_unreferenced_originals_are_collected_after_the_grace_period(platform, kube):
     emulator, _ = kube
-    orphan, kept = unique_png(), unique_png()
+    orphan, kept = noise_png(24), noise_png(24)
     with platform.client() as client:
         emulator.inject(Fault("resizejobs", "fail"))
         failed = client.post("/v1/jobs", files=[("files", ("orphan.png", orphan))], data={"width": "8"})
@@ -126,14 +118,14 @@ def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(platform, s3_ser
 ])
 def test_hostile_form_values_get_422_and_create_nothing(platform, fields, message):
     with platform.client() as client:
-        response = client.post("/v1/jobs", files=[("files", ("a.png", unique_png()))], data=fields)
+        response = client.post("/v1/jobs", files=[("files", ("a.png", noise_png(24)))], data=fields)
     assert response.status_code in (413, 422), response.text
     assert message in response.text
 
 
 def test_integer_valued_floats_in_targets_are_whole_numbers(platform):
     with platform.client() as client:
-        response = client.post("/v1/jobs", files=[("files", ("a.png", unique_png(40)))],
+        response = client.post("/v1/jobs", files=[("files", ("a.png", noise_png(40)))],
                                data={"targets": json.dumps([{"name": "t", "width": 10.0, "height": 8.0}])})
         assert response.status_code == 202, response.text
         name = response.json()["name"]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
-import os
 
 import httpx
 import pytest
 from conftest import CORPUS
+from harness.images import noise_png
 from harness.procs import wait_for
-from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.slow
@@ -29,7 +27,7 @@ def value(samples, name: str, **labels: str) -> float:
 
 def test_counters_match_the_job(platform):
     good = [(p.name, p.read_bytes()) for p in sorted((CORPUS / "photos").glob("*.jpg"))[:3]]
-    good.append(("noise.png", _png()))
+    good.append(("noise.png", noise_png(8)))
     bad = [("empty.jpg", b""), ("text.jpg", b"just some text, not an image")]
     api_before, op_before = scrape(platform.api_component.metrics_url), scrape(platform.operator.metrics_url)
     with platform.client() as client:
@@ -69,7 +67,7 @@ def test_counters_match_the_job(platform):
 
 def test_logs_are_json_lines_and_operator_lines_name_their_resizejob(platform):
     with platform.client() as client:
-        response = client.post("/v1/jobs", files=[("files", ("a.png", _png()))], data={"width": "4"})
+        response = client.post("/v1/jobs", files=[("files", ("a.png", noise_png(8)))], data={"width": "4"})
         name = response.json()["name"]
         wait_for(lambda: client.get(f"/v1/jobs/{name}").json()["phase"] == "Succeeded", 120, message=name)
     for component in (platform.api_component, platform.operator):
@@ -81,8 +79,3 @@ def test_logs_are_json_lines_and_operator_lines_name_their_resizejob(platform):
     assert about_job and all(r["resizejob"]["name"] == name for r in about_job if "resizejob" in r)
     assert any("resizejob" in r for r in about_job)
 
-
-def _png() -> bytes:
-    out = io.BytesIO()
-    Image.frombytes("RGB", (8, 8), os.urandom(192)).save(out, "PNG")
-    return out.getvalue()
