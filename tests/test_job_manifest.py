@@ -2,6 +2,8 @@
 
 import json
 
+import kubernetes_validate
+from kresize_common.records import PodEnv
 from kresize_common.spec import normalize_spec
 from kresize_operator.config import OperatorSettings
 from kresize_operator.jobs import build_job
@@ -51,3 +53,12 @@ def test_credentials_only_by_secret_reference():
     assert env["KRESIZE_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "kresize-s3", "key": "secretKey"}
     assert env["KRESIZE_S3_ENDPOINT"]["value"] == "minio:9000"  # the pods' endpoint, not the operator's
     assert env["KRESIZE_WORK_PREFIX"]["value"] == "jobs/ns/j/uid-1/"
+
+
+def test_a_stopped_pod_is_not_a_failure_and_the_job_is_valid_for_the_apiserver():
+    job = make_job()
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onExitCodes": {"containerName": "resizer", "operator": "In",
+                                                            "values": [PodEnv.STOPPED_EXIT_CODE]}}
+    assert rules[1]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+    kubernetes_validate.validate(job, "1.30.0", strict=True)  # raises on any field the apiserver would refuse

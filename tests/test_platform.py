@@ -16,6 +16,7 @@ import kubernetes
 import pytest
 from conftest import ALLOWED_MISSING_BUCKET, BUCKET, NAMESPACE
 from harness.procs import wait_for
+from kresize_common import layout
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -321,3 +322,30 @@ def test_deleted_job_is_recreated_and_finished_shards_are_not_redone(platform, c
         assert "already done" in platform.runner.logs(job_name, index)
     events = platform.core.list_namespaced_event(NAMESPACE, field_selector=f"involvedObject.name={name}").items
     assert "JobRecreated" in {e.reason for e in events}
+
+
+def test_a_pod_stopped_by_sigterm_is_not_a_failure_and_loses_no_work(platform, corpus):
+    """A pod the kubelet stops (SIGTERM: a scale-down, a deletion) checkpoints and exits 143; the Job's pod
+    failure policy ignores that exit, so the index runs again without spending a retry, skipping what was done."""
+    photos = sorted((corpus / "photos").glob("*.jpg"))
+    for copy in range(3):
+        for path in photos:
+            platform.s3.fput_object(BUCKET, f"samples/sigterm/{copy}/{path.name}", str(path))
+    name = "sigterm"
+    create_resizejob(platform, name, {"source": {"prefix": "samples/sigterm/"}, "parallelism": 1,
+                                      "retry": {"backoffLimitPerIndex": 0},
+                                      # AVIF encodes slowly: the pod is still busy when it is stopped.
+                                      "targets": [{"name": "t", "width": 1600, "format": "avif"}]})
+    job_name = f"{name}-resize"
+    uid = wait_phase(platform, name, {"Running", *TERMINAL}, 60) and platform.resizejob(name)["metadata"]["uid"]
+    work = layout.work_prefix(NAMESPACE, name, uid)
+    victim = wait_for(lambda: [i for i in platform.runner.running(job_name)
+                               if list(platform.s3.list_objects(BUCKET, prefix=layout.checkpoints_prefix(work, i)))],
+                      120, interval=0.05, message="a pod with a checkpoint")[0]
+    assert platform.runner.terminate_index(job_name, victim)
+    status = wait_phase(platform, name, TERMINAL)
+    # backoffLimitPerIndex 0: had the stop counted as a failure, the index (and the job) would have failed.
+    assert status["phase"] == "Succeeded", status
+    assert (status["succeeded"], status["failed"]) == (len(photos) * 3, 0)
+    assert platform.runner.ignored(job_name) == 1 and platform.runner.started[(job_name, victim)] == 2
+    assert "were finished by an earlier attempt; not redoing them" in platform.runner.logs(job_name, victim)

@@ -11,9 +11,10 @@ import pytest
 from conftest import BUCKET
 from harness.procs import free_port, wait_for
 from harness.s3 import S3Server
-from harness.sandbox import IMAGE_ENV, pod_argv
+from harness.sandbox import IMAGE_ENV, pod_argv, terminate
 from kresize_common import layout
-from kresize_common.s3 import ensure_bucket, put_json
+from kresize_common.records import PodEnv
+from kresize_common.s3 import ensure_bucket, object_exists, put_json
 from PIL import Image
 
 WORK = "jobs/test/worker/uid-1/"
@@ -180,3 +181,48 @@ def test_targets_the_pipeline_cannot_use_fail_every_image_without_touching_s3(ta
     records = process_shard(None, ShardManifest.from_json(shard), ImageLimits())  # type: ignore[arg-type]
     assert [r.source for r in records] == ["a.jpg", "b.jpg"]
     assert all(r.status == "failed" and message in (r.error or "") for r in records), records
+
+
+def test_a_stopped_pod_checkpoints_and_its_retry_redoes_no_finished_image(s3_server, corpus, tmp_path):
+    """SIGTERM mid-shard (a scale-down, a deletion): the pod finishes the image in flight, writes the records
+    it has and exits 143 (ignored by the Job's pod failure policy). The next attempt skips those images."""
+    client = s3_server.client()
+    ensure_bucket(client, BUCKET)
+    work = f"jobs/test/stop/{tmp_path.name}/"
+    photos = sorted((corpus / "photos").glob("*.jpg"))
+    images = []
+    for copy in range(4):
+        for path in photos:
+            client.fput_object(BUCKET, f"{work}in/{copy}/{path.name}", str(path))
+            images.append({"key": f"{work}in/{copy}/{path.name}", "id": f"{copy}/{path.stem}"})
+    put_json(client, BUCKET, layout.shard_key(work, 0), {
+        "index": 0, "sourceBucket": BUCKET, "outputBucket": BUCKET, "outputPrefix": f"{work}out/", "operations": {},
+        "targets": [{"name": "big", "width": 1280, "fit": "inside", "format": "webp", "quality": 80,
+                     "upscale": False, "background": "#ffffff"}], "images": images})
+    env = pod_env(s3_server, 0, KRESIZE_WORK_PREFIX=work)
+    log = tmp_path / "first.log"
+    with log.open("wb") as out:
+        pod = subprocess.Popen(pod_argv(["kresize-resizer", "run"], env), env={}, stdout=out, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    wait_for(lambda: list(client.list_objects(BUCKET, prefix=layout.checkpoints_prefix(work, 0))), 120,
+             interval=0.05, message="the first checkpoint")
+    terminate(pod.pid)
+    assert pod.wait(60) == PodEnv.STOPPED_EXIT_CODE, log.read_text()
+    assert not object_exists(client, BUCKET, layout.results_key(work, 0))
+    checkpointed = {r["source"] for o in client.list_objects(BUCKET, prefix=layout.checkpoints_prefix(work, 0))
+                    for r in json.loads(client.get_object(BUCKET, o.object_name).read())}
+    assert 0 < len(checkpointed) < len(images)
+    made = {o.object_name: o.last_modified for o in client.list_objects(BUCKET, prefix=f"{work}out/", recursive=True)}
+
+    again = subprocess.run(pod_argv(["kresize-resizer", "run"], env), env={}, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"{len(checkpointed)} of {len(images)} images were finished by an earlier attempt" in again.stderr
+    records = json.loads(client.get_object(BUCKET, layout.results_key(work, 0)).read())
+    assert [r["source"] for r in records] == [i["key"] for i in images]  # every image, in shard order
+    assert all(r["status"] == "succeeded" for r in records)
+    for record in records:
+        if record["source"] in checkpointed:  # finished before the stop: not made again
+            (output,) = record["outputs"]
+            stat = client.stat_object(BUCKET, output["path"])
+            assert stat.last_modified == made[output["path"]], output["path"]

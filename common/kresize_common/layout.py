@@ -4,6 +4,7 @@
     uploads/<namespace>/<job>.json                the API's record of an upload: filename -> key
     jobs/<namespace>/<job>/<uid>/plan.json        the work plan, written last (its presence = plan complete)
     jobs/<namespace>/<job>/<uid>/shards/<i>.json  the images and settings of Job index i
+    jobs/<namespace>/<job>/<uid>/checkpoints/<i>/<n>.json  records of index i's images as they finish (batches)
     jobs/<namespace>/<job>/<uid>/results/<i>.json the per-image result records of index i
     <output prefix><image id>/<target>.<ext>      the variants (default prefix results/<namespace>/<job>/)
 
@@ -40,6 +41,15 @@ def results_prefix(work: str) -> str:
 
 def results_key(work: str, index: int) -> str:
     return f"{results_prefix(work)}{index:05d}.json"
+
+
+def checkpoints_prefix(work: str, index: int) -> str:
+    return f"{work}checkpoints/{index:05d}/"
+
+
+def checkpoint_key(work: str, index: int, batch: int) -> str:
+    """A batch of per-image result records of index `index`, written while its pod works."""
+    return f"{checkpoints_prefix(work, index)}{batch:05d}.json"
 
 
 def default_output_prefix(namespace: str, name: str) -> str:

@@ -2,8 +2,10 @@
 
 - `ShardManifest` (+ `ImageRef`), at `jobs/<ns>/<job>/<uid>/shards/<i>.json`: built by the operator
   (storage.ensure_plan), read by the resizer (worker).
-- `ImageResult` (+ `Variant`), a list at `jobs/.../results/<i>.json` (and `results.json` locally): built by the
-  resizer (worker, local), read by the operator (storage.shard_records) and the API (jobs.result_records).
+- `ImageResult` (+ `Variant`), a list at `jobs/.../results/<i>.json` (and `results.json` locally), and in
+  batches at `jobs/.../checkpoints/<i>/<n>.json` while a pod works: built by the resizer (worker, local), read
+  by the resizer's next attempt (worker.Checkpointer), the operator (storage.shard_records) and the API
+  (jobs.result_records).
 - `UploadRecord` (+ `UploadedFile`), at `uploads/<ns>/<job>.json`: built by the API (jobs.upload_record), read
   by the API (jobs.file_states) and the operator's collector (gc).
 - The plan, at `jobs/.../plan.json`: the operator's, for itself after a restart (planning.ShardPlan).
@@ -169,3 +171,6 @@ class PodEnv:
     WORK_PREFIX = "KRESIZE_WORK_PREFIX"  # jobs/<ns>/<job>/<uid>/: where the shard manifests and results are
     INDEX = "JOB_COMPLETION_INDEX"  # set by the Job controller for Indexed Jobs
     S3_RETRY_SECONDS = "KRESIZE_S3_RETRY_SECONDS"
+    # The exit code of a pod stopped by SIGTERM (a scale-down, a deletion) after checkpointing its finished
+    # images: the Job's pod failure policy ignores it, so it never counts against backoffLimitPerIndex.
+    STOPPED_EXIT_CODE = 143

@@ -74,6 +74,13 @@ def build_job(
         "completions": plan.shards,
         "parallelism": parallelism,
         "backoffLimitPerIndex": retry.backoff_limit_per_index,
+        # A pod stopped by a scale-down or a deletion (SIGTERM: it checkpoints and exits STOPPED_EXIT_CODE, or
+        # the kubelet marks it DisruptionTarget) is not a failure of its shard: its retry skips finished images.
+        "podFailurePolicy": {"rules": [
+            {"action": "Ignore", "onExitCodes": {"containerName": "resizer", "operator": "In",
+                                                 "values": [PodEnv.STOPPED_EXIT_CODE]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]},
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},
     }
     if retry.active_deadline_seconds:

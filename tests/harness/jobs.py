@@ -29,7 +29,7 @@ from typing import Any
 import kubernetes
 
 from .pods import INDEX_ANNOTATION, resolve_env, secret_reader
-from .sandbox import IMAGE_ENV, pod_argv
+from .sandbox import IMAGE_ENV, pod_argv, terminate
 
 DEFAULT_ENTRYPOINTS = {"": ["kresize-resizer"]}  # image prefix -> entrypoint; "" matches any image
 
@@ -46,6 +46,16 @@ def compress(indexes: set[int]) -> str:
     return ",".join(parts)
 
 
+def _ignored(spec: Any, code: int) -> bool:
+    """Whether the Job's podFailurePolicy ignores a pod that exited with `code` (onExitCodes rules, In)."""
+    policy = spec.pod_failure_policy
+    for rule in (policy.rules if policy else None) or []:
+        codes = rule.on_exit_codes
+        if codes is not None and codes.operator == "In" and code in (codes.values or []):
+            return rule.action == "Ignore"
+    return False
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -60,6 +70,7 @@ class _JobState:
     failed_indexes: set[int] = field(default_factory=set)
     failures: collections.Counter = field(default_factory=collections.Counter)
     failed_pods: int = 0
+    ignored: collections.Counter = field(default_factory=collections.Counter)
     finished: bool = False
     last_status: dict[str, Any] | None = None
 
@@ -112,6 +123,21 @@ class JobRunner:
                     return True
         return False
 
+    def terminate_index(self, job_name: str, index: int) -> bool:
+        """SIGTERM the pod of a running index, as the kubelet does when a scale-down or a deletion removes it."""
+        with self._lock:
+            for state in self._jobs.values():
+                if state.name == job_name and index in state.running:
+                    with contextlib.suppress(OSError, IndexError):
+                        terminate(state.running[index].pid)
+                    return True
+        return False
+
+    def ignored(self, job_name: str) -> int:
+        """Pod exits the Job's podFailurePolicy ignored (not counted as failures)."""
+        with self._lock:
+            return sum(sum(s.ignored.values()) for s in self._jobs.values() if s.name == job_name)
+
     def running(self, job_name: str) -> list[int]:
         with self._lock:
             return sorted(i for s in self._jobs.values() if s.name == job_name for i in s.running)
@@ -160,6 +186,9 @@ class JobRunner:
             del state.running[index]
             if code == 0:
                 state.completed.add(index)
+                continue
+            if _ignored(spec, code):  # podFailurePolicy Ignore: not a failure, the index runs again
+                state.ignored[index] += 1
                 continue
             state.failed_pods += 1
             state.failures[index] += 1

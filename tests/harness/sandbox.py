@@ -12,7 +12,9 @@ under these rules as it would in its pod.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -80,3 +82,10 @@ def pod_argv(
         args += ["--setenv", key, value]
     return [*args, "--", *argv]
 
+
+
+def terminate(bwrap_pid: int) -> None:
+    """SIGTERM the program inside a pod_argv() sandbox, as the kubelet signals a container's process (bwrap
+    itself would die of it and take the program down with it). bwrap then exits with the program's code."""
+    children = Path(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children").read_text().split()
+    os.kill(int(children[0]), signal.SIGTERM)
