@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,8 @@ from minio.error import S3Error
 
 from .config import OperatorSettings
 from .planning import ShardPlan, plan_shards
+
+SHARD_WRITERS = 8
 
 
 class PermanentSourceError(Exception):
@@ -68,13 +71,20 @@ def ensure_plan(
     parallelism = ResizeJobSpec.from_dict(spec).parallelism
     plan = plan_shards(len(keys), parallelism, config.max_parallelism, config.sharding)
     prefix = spec["source"].get("prefix", "")
-    for index in range(plan.shards):
+
+
+    def write_shard(index: int) -> None:
         start, end = plan.shard_bounds(index)
         manifest = ShardManifest(
             index=index, source_bucket=placement.source_bucket, output_bucket=placement.output_bucket,
             output_prefix=placement.output_prefix, targets=tuple(spec["targets"]), operations=spec["operations"],
             images=tuple(ImageRef(key, layout.image_id(key, prefix)) for key in keys[start:end]))
         put_json(client, bucket, layout.shard_key(work, index), manifest.to_json())
+
+    # The shards are written concurrently (the client's pool holds 16 connections), so creating the Job does
+    # not wait on one S3 round trip after another; the plan, the commit marker, only once all are written.
+    with ThreadPoolExecutor(max_workers=SHARD_WRITERS) as writers:
+        list(writers.map(write_shard, range(plan.shards)))  # list(): the first error propagates
     put_json(client, bucket, layout.plan_key(work), {
         "total": plan.total, "shardSize": plan.shard_size, "shards": plan.shards,
     })
