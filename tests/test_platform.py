@@ -160,12 +160,7 @@ def test_kubectl_style_resizejob_over_a_prefix(platform, corpus):
 
 def test_operator_restart_mid_job_neither_duplicates_nor_loses(platform, corpus):
     sources = sorted((corpus / "orientation").glob("*.jpg"))
-    keys = []
-    for copy in range(3):
-        for path in sources:
-            key = f"samples/restart/{copy}/{path.name}"
-            platform.s3.fput_object(BUCKET, key, str(path))
-            keys.append(key)
+    keys = upload_copies(platform, "samples/restart/", sources, 3)
     name = "restart"
     platform.custom.create_namespaced_custom_object("kresize.dev", "v1alpha1", NAMESPACE, "resizejobs", {
         "apiVersion": "kresize.dev/v1alpha1", "kind": "ResizeJob", "metadata": {"name": name},
@@ -240,11 +235,17 @@ def wait_phase(platform, name: str, phases: set[str], timeout: float = 240) -> d
                     and platform.resizejob(name)["status"], timeout, message=f"{name} to reach {phases}")
 
 
+def upload_copies(platform, prefix: str, paths: list[Path], copies: int) -> list[str]:
+    """`copies` copies of each file under `prefix`<copy>/; their keys, in order."""
+    keys = [f"{prefix}{copy}/{path.name}" for copy in range(copies) for path in paths]
+    for key, path in zip(keys, paths * copies, strict=True):
+        platform.s3.fput_object(BUCKET, key, str(path))
+    return keys
+
+
 def test_killed_resizer_pod_is_retried_and_parallelism_follows_the_work(platform, corpus):
     sources = sorted((corpus / "orientation").glob("*.jpg"))
-    for copy in range(3):
-        for path in sources:
-            platform.s3.fput_object(BUCKET, f"samples/podkill/{copy}/{path.name}", str(path))
+    upload_copies(platform, "samples/podkill/", sources, 3)
     name = "podkill"
     create_resizejob(platform, name, {"source": {"prefix": "samples/podkill/"}, "parallelism": 5,
                                       "targets": [{"name": "t", "width": 300, "format": "webp"}]})
@@ -300,9 +301,7 @@ def test_spec_is_immutable_and_invalid_specs_are_refused(platform):
 
 def test_deleted_job_is_recreated_and_finished_shards_are_not_redone(platform, corpus):
     sources = sorted((corpus / "orientation").glob("*.jpg"))
-    for copy in range(2):
-        for path in sources:
-            platform.s3.fput_object(BUCKET, f"samples/recreate/{copy}/{path.name}", str(path))
+    upload_copies(platform, "samples/recreate/", sources, 2)
     name, job_name = "recreate", "recreate-resize"
     platform.runner.hold(job_name, 4)  # keep the job running until the Job has been deleted
     create_resizejob(platform, name, {"source": {"prefix": "samples/recreate/"}, "parallelism": 2,
@@ -328,9 +327,7 @@ def test_a_pod_stopped_by_sigterm_is_not_a_failure_and_loses_no_work(platform, c
     """A pod the kubelet stops (SIGTERM: a scale-down, a deletion) checkpoints and exits 143; the Job's pod
     failure policy ignores that exit, so the index runs again without spending a retry, skipping what was done."""
     photos = sorted((corpus / "photos").glob("*.jpg"))
-    for copy in range(3):
-        for path in photos:
-            platform.s3.fput_object(BUCKET, f"samples/sigterm/{copy}/{path.name}", str(path))
+    upload_copies(platform, "samples/sigterm/", photos, 3)
     name = "sigterm"
     create_resizejob(platform, name, {"source": {"prefix": "samples/sigterm/"}, "parallelism": 1,
                                       "retry": {"backoffLimitPerIndex": 0},
