@@ -62,12 +62,12 @@ def test_upload_through_the_api(cluster):
     targets = [{"name": "thumb", "width": 200, "height": 200, "format": "webp"},
                {"name": "medium", "width": 800, "height": 800, "fit": "inside", "format": "jpeg"}]
     files = [("files", (p.name, p.read_bytes())) for p in good + bad]
-    with cluster.client() as client:
-        response = client.post("/v1/jobs", files=files, data={"targets": json.dumps(targets)})
+    client = cluster.client()
+    response = client.post("/v1/jobs", files=files, data={"targets": json.dumps(targets)})
     assert response.status_code == 202, response.text
     name = response.json()["name"]
     try:
-        body = wait_for(lambda: (b := cluster.client().get(f"/v1/jobs/{name}").json())["phase"]
+        body = wait_for(lambda: (b := client.get(f"/v1/jobs/{name}").json())["phase"]
                         in TERMINAL and b, 600, interval=2, message=f"upload job {name}")
         assert body["phase"] == "PartiallyFailed"
         by_name = {f["filename"]: f for f in body["files"]}
@@ -82,6 +82,7 @@ def test_upload_through_the_api(cluster):
                 assert image.size == (medium["width"], medium["height"])
         assert body["progress"]["succeeded"] == len(good)
     finally:
+        client.close()
         delete_resizejob(cluster, name)
 
 
