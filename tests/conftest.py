@@ -78,11 +78,11 @@ def chart_values(s3_endpoint: str, *, api_port: int = 8080, health_port: int = 8
         "api": {"port": api_port, "metricsPort": metrics_port,
                 # Not a chart value: a short Kubernetes timeout keeps the lost-response tests short.
                 "extraEnv": [{"name": "KRESIZE_KUBE_TIMEOUT_SECONDS", "value": "3"}]},
-        "operator": {"healthPort": health_port, "maxParallelism": 2, "allowedBuckets": [ALLOWED_MISSING_BUCKET],
+        "operator": {"healthPort": health_port, "maxPods": 2, "allowedBuckets": [ALLOWED_MISSING_BUCKET],
                      "gc": {"intervalSeconds": 1, "orphanGraceSeconds": ORPHAN_GRACE_SECONDS},
                      "metricsPort": metrics_port,
                      # Not a chart value: a fast sync keeps the tests short.
-                     "extraEnv": [{"name": "KRESIZE_SYNC_INTERVAL_SECONDS", "value": "0.5"}]},
+                     "extraEnv": [{"name": "KRESIZE_SCHEDULE_INTERVAL_SECONDS", "value": "0.5"}]},
     }
     return merge(values, overrides)
 

@@ -71,7 +71,7 @@ CUSTOM_SET = [
     "api.image.repository=registry.acme.example/kresize-api",
     "resizer.image.tag=1.2.4",
     "imagePullSecrets[0].name=regcred",
-    "operator.maxParallelism=50",
+    "operator.maxPods=50",
 ]
 # Every metrics option on: ServiceMonitors, the dashboard ConfigMap, prometheus.io pod annotations.
 METRICS_SET = [
@@ -479,7 +479,7 @@ def test_custom_values(helm):
     assert env["KRESIZE_JOB_S3_ENDPOINT"]["value"] == "s3-internal.acme.example:443"
     assert env["KRESIZE_JOB_S3_SECRET"]["value"] == "acme-s3"
     assert env["KRESIZE_S3_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "acme-s3", "key": "accessKey"}
-    assert env["KRESIZE_MAX_PARALLELISM"]["value"] == "50"
+    assert env["KRESIZE_MAX_PODS"]["value"] == "50"
     role = objects(docs, "Role")["kresize-operator"]
     assert not [r for r in role["rules"] if "secrets" in r["resources"]]
 
@@ -621,7 +621,13 @@ def test_rbac_is_least_privilege(rendered):
         ("batch", "jobs"),
         ("", "events"),
         ("events.k8s.io", "events"),
+        ("", "pods"),  # read-only: its pods that cannot be scheduled shrink the budget
+        ("", "resourcequotas"),  # read-only: the budget's quota headroom
     }  # no Secrets: the operator never reads one (the Job pods get theirs by secretKeyRef)
+    for rule in op_rules:
+        if rule["resources"] == ["pods", "resourcequotas"]:
+            assert rule["verbs"] == ["get", "list", "watch"]
+    assert not objects(docs, "ClusterRole")  # nothing cluster-wide unless operator.clusterCapacity
 
     bindings = objects(docs, "RoleBinding")
     bound = {s["name"] for b in bindings.values() for s in b["subjects"] if s["kind"] == "ServiceAccount"}

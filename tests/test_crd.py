@@ -29,10 +29,21 @@ def test_every_field_is_described_for_kubectl_explain():
     assert missing == []
 
 
-def test_spec_is_bounded_so_the_immutability_rule_fits_the_cel_cost_budget():
+def test_what_the_job_does_is_immutable_and_how_it_is_scheduled_is_not():
     spec = SCHEMA["properties"]["spec"]
+    immutable = {name for name, node in spec["properties"].items()
+                 if {"rule": "self == oldSelf", "message": f"spec.{name} is immutable; create a new ResizeJob instead"}
+                 in node.get("x-kubernetes-validations", [])}
+    assert immutable == {"source", "targets", "operations", "output", "parallelism", "retry"}
+    assert set(spec["properties"]) - immutable == {"priority", "suspend", "ttlSecondsAfterFinished", "cleanup"}
+    # An optional field's transition rule does not see it added or removed: the spec's own rule does.
     assert spec["x-kubernetes-validations"] == [
-        {"rule": "self == oldSelf", "message": "spec is immutable; create a new ResizeJob instead"}]
+        {"rule": "has(self.output) == has(oldSelf.output)", "message": "spec.output is immutable; create a new "
+                                                                       "ResizeJob instead"}]
+
+
+def test_spec_is_bounded_so_the_immutability_rules_fit_the_cel_cost_budget():
+    spec = SCHEMA["properties"]["spec"]
     unbounded = [path for path, node in nodes(spec, "spec")
                  if (node.get("type") == "string" and "maxLength" not in node)
                  or (node.get("type") == "array" and "maxItems" not in node)]
@@ -46,7 +57,8 @@ def test_names_status_and_printer_columns():
     assert VERSION["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in VERSION["additionalPrinterColumns"]}
     assert columns == {"Phase": ".status.phase", "Done/Total": ".status.progress", "Failed": ".status.failed",
-                       "Age": ".metadata.creationTimestamp"}
+                       "Pods": ".status.parallelism", "Img/s": ".status.imagesPerSecond",
+                       "ETA": ".status.estimatedCompletionTime", "Age": ".metadata.creationTimestamp"}
     conditions = SCHEMA["properties"]["status"]["properties"]["conditions"]["items"]["properties"]
     assert {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"} <= set(conditions)
 

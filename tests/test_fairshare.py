@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kresize_operator.fairshare import Demand, jain_index, share
+from kresize_operator.fairshare import Demand, jain_index, share, stage
 
 jobs_strategy = st.lists(
     st.builds(Demand, name=st.text("abcdefgh", min_size=1, max_size=4), demand=st.integers(0, 40),
@@ -63,3 +63,33 @@ def test_jain_index():
     assert jain_index([3, 3, 3]) == 1.0
     assert abs(jain_index([1, 0, 0, 0]) - 0.25) < 1e-12
     assert jain_index([]) == 1.0
+
+
+@settings(max_examples=2000)
+@given(budget=st.integers(0, 30), data=st.data())
+def test_staging_never_lets_existing_pods_exceed_the_budget(budget, data):
+    names = data.draw(st.lists(st.text("abcdef", min_size=1, max_size=2), unique=True, max_size=8))
+    current = {n: data.draw(st.integers(0, 10)) for n in names}
+    # Pods that exist: at most what was set, plus pods of an earlier, higher setting still terminating.
+    occupied = {n: data.draw(st.integers(0, current[n] + 3)) for n in names}
+    targets = {n: t for n in names if (t := data.draw(st.integers(0, 10)))}
+    new = stage(targets, current, occupied, budget)
+    before = sum(max(occupied[n], current[n]) for n in names)
+    after = sum(max(occupied[n], new[n]) for n in names)
+    assert after <= max(budget, before)  # never worse than before, and within the budget once it was
+    for n in names:
+        assert new[n] <= max(targets.get(n, 0), 0)
+        assert new[n] >= min(targets.get(n, 0), current[n])  # decreases land at the target, never below
+    # Once the pods have settled (occupied == set), a second step reaches the targets when they fit.
+    settled = stage(targets, new, dict(new), budget)
+    if sum(targets.values()) <= budget:
+        assert stage(targets, settled, dict(settled), budget) == {n: targets.get(n, 0) for n in names}
+
+
+def test_staging_waits_for_terminating_pods_before_growing_another_job():
+    # A was lowered from 4 to 2 and two of its pods are still checkpointing: B may grow by nothing yet.
+    assert stage({"A": 2, "B": 4}, {"A": 4, "B": 2}, {"A": 4, "B": 2}, 6) == {"A": 2, "B": 2}
+    # They have gone: B gets its share.
+    assert stage({"A": 2, "B": 4}, {"A": 2, "B": 2}, {"A": 2, "B": 2}, 6) == {"A": 2, "B": 4}
+    # A newcomer with nothing running takes what is free at once.
+    assert stage({"A": 3, "C": 3}, {"A": 3}, {"A": 3}, 6) == {"A": 3, "C": 3}

@@ -4,25 +4,26 @@ import pytest
 from kresize_operator.config import Sharding
 from kresize_operator.planning import (
     compress_ranges,
-    decide_parallelism,
     expand_ranges,
     final_phase,
     job_name_for,
     plan_shards,
     set_condition,
+    throughput,
 )
 
-SHARDING = Sharding(min_size=8, max_size=200, shards_per_worker=4)
+SHARDING = Sharding()  # the defaults: at least 20 images a shard, at most 5000, 2 shards per pod
 
 
 @pytest.mark.parametrize(
     ("total", "spec_cap", "op_cap", "size", "shards"),
     [
-        (1, 8, 10, 8, 1),  # tiny job: one shard, never empty shards
-        (33, 8, 10, 8, 5),  # small job: min shard size wins
-        (1000, 8, 10, 32, 32),  # 8 pods x 4 shards each
-        (1000, 50, 10, 25, 40),  # the operator cap limits the spec cap
-        (100_000, 8, 10, 200, 500),  # huge job: max shard size caps retry cost
+        (1, 8, 10, 20, 1),  # tiny job: one shard, never empty shards
+        (33, 8, 10, 20, 2),  # small job: the minimum shard size wins
+        (300, 4, 10, 38, 8),  # 4 pods x 2 shards each: 8 pod starts, not one per 8 images
+        (1000, 50, 10, 50, 20),  # the pod budget limits the spec cap
+        (100_000, 8, 10, 5000, 20),  # huge job: shards grow, pod starts do not (max size bounds a manifest)
+        (1_000_000, 8, 10, 5000, 200),
     ],
 )
 def test_plan_shards(total, spec_cap, op_cap, size, shards):
@@ -32,17 +33,21 @@ def test_plan_shards(total, spec_cap, op_cap, size, shards):
     assert covered == list(range(total))  # every image in exactly one shard
 
 
+def test_pod_starts_grow_with_parallelism_not_with_images():
+    starts = {total: plan_shards(total, 8, 8, SHARDING).shards for total in (2_000, 20_000, 200_000)}
+    assert starts == {2_000: 16, 20_000: 16, 200_000: 40}  # 2 per pod, until a shard reaches max_size
+
+
 def test_plan_shards_refuses_empty_work():
     with pytest.raises(ValueError):
         plan_shards(0, 8, 10, SHARDING)
 
 
-@pytest.mark.parametrize(
-    ("remaining", "spec_cap", "op_cap", "expected"),
-    [(100, 8, 10, 8), (100, 50, 10, 10), (3, 8, 10, 3), (1, 8, 10, 1), (0, 8, 10, 1)],
-)
-def test_decide_parallelism(remaining, spec_cap, op_cap, expected):
-    assert decide_parallelism(remaining, spec_cap, op_cap) == expected
+def test_throughput_over_samples():
+    assert throughput([]) is None
+    assert throughput([(0.0, 0), (1.0, 10)]) is None  # too short a span to say
+    assert throughput([(0.0, 0), (2.0, 10), (4.0, 30)]) == 7.5
+    assert throughput([(0.0, 5), (3.0, 5)]) == 0.0
 
 
 @pytest.mark.parametrize(

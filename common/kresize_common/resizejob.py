@@ -141,6 +141,27 @@ class Output:
 
 
 @dataclass(frozen=True)
+class Cleanup:
+    """What deleting the ResizeJob removes from S3."""
+
+    outputs: str
+    originals: str
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Cleanup:
+        return cls(
+            outputs=raw["outputs"],
+            originals=raw["originals"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        out["outputs"] = self.outputs
+        out["originals"] = self.originals
+        return out
+
+
+@dataclass(frozen=True)
 class Retry:
     """Retry and deadline settings for the Job that runs the work."""
 
@@ -170,8 +191,12 @@ class ResizeJobSpec:
     targets: tuple[Target, ...]
     operations: Operations
     parallelism: int
+    priority: int
+    suspend: bool
+    cleanup: Cleanup
     retry: Retry
     output: Output | None = None
+    ttl_seconds_after_finished: int | None = None
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ResizeJobSpec:
@@ -180,8 +205,12 @@ class ResizeJobSpec:
             targets=tuple(Target.from_dict(item) for item in raw["targets"]),
             operations=Operations.from_dict(raw["operations"]),
             parallelism=_int(raw["parallelism"]),
+            priority=_int(raw["priority"]),
+            suspend=raw["suspend"],
+            cleanup=Cleanup.from_dict(raw["cleanup"]),
             retry=Retry.from_dict(raw["retry"]),
             output=_opt(raw.get("output"), Output.from_dict),
+            ttl_seconds_after_finished=_opt(raw.get("ttlSecondsAfterFinished"), _int),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,9 +219,14 @@ class ResizeJobSpec:
         out["targets"] = [item.to_dict() for item in self.targets]
         out["operations"] = self.operations.to_dict()
         out["parallelism"] = self.parallelism
+        out["priority"] = self.priority
+        out["suspend"] = self.suspend
+        out["cleanup"] = self.cleanup.to_dict()
         out["retry"] = self.retry.to_dict()
         if self.output is not None:
             out["output"] = self.output.to_dict()
+        if self.ttl_seconds_after_finished is not None:
+            out["ttlSecondsAfterFinished"] = self.ttl_seconds_after_finished
         return out
 
 
@@ -302,6 +336,9 @@ class ResizeJobStatus:
     counted_indexes: str | None = None
     job_name: str | None = None
     parallelism: int | None = None
+    queue_position: int | None = None
+    images_per_second: float | None = None
+    estimated_completion_time: str | None = None
     start_time: str | None = None
     completion_time: str | None = None
     results: Results | None = None
@@ -322,6 +359,9 @@ class ResizeJobStatus:
             counted_indexes=raw.get("countedIndexes"),
             job_name=raw.get("jobName"),
             parallelism=_opt(raw.get("parallelism"), _int),
+            queue_position=_opt(raw.get("queuePosition"), _int),
+            images_per_second=_opt(raw.get("imagesPerSecond"), float),
+            estimated_completion_time=raw.get("estimatedCompletionTime"),
             start_time=raw.get("startTime"),
             completion_time=raw.get("completionTime"),
             results=_opt(raw.get("results"), Results.from_dict),
@@ -353,6 +393,12 @@ class ResizeJobStatus:
             out["jobName"] = self.job_name
         if self.parallelism is not None:
             out["parallelism"] = self.parallelism
+        if self.queue_position is not None:
+            out["queuePosition"] = self.queue_position
+        if self.images_per_second is not None:
+            out["imagesPerSecond"] = self.images_per_second
+        if self.estimated_completion_time is not None:
+            out["estimatedCompletionTime"] = self.estimated_completion_time
         if self.start_time is not None:
             out["startTime"] = self.start_time
         if self.completion_time is not None:

@@ -9,6 +9,7 @@ from typing import Literal
 from kresize_common.typed_settings import CommonSettings
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
+from .budget import PodSize
 from .policy import StoragePolicy
 
 
@@ -16,9 +17,9 @@ from .policy import StoragePolicy
 class Sharding:
     """How the work is cut into Job indexes (see planning.plan_shards)."""
 
-    min_size: int = 8
-    max_size: int = 200
-    shards_per_worker: int = 4
+    min_size: int = 20  # a pod start costs seconds: give each at least this much work
+    max_size: int = 5000  # bounds a shard manifest (about 100 bytes an image)
+    shards_per_worker: int = 2
 
 
 class OperatorSettings(CommonSettings):
@@ -32,11 +33,17 @@ class OperatorSettings(CommonSettings):
     job_s3_secret: str = "kresize-s3"
     job_s3_endpoint: str = ""  # empty: the operator's own
     job_s3_secure: bool | None = None  # unset: the operator's own
-    max_parallelism: PositiveInt = 10
+    max_pods: PositiveInt = 10  # the pod budget all ResizeJobs share (before quota and capacity)
+    quota_aware: bool = True  # the namespace's ResourceQuotas bound the budget
+    cluster_capacity: bool = False  # free node capacity bounds the budget (needs a ClusterRole: nodes, pods)
+    capacity_interval_seconds: PositiveFloat = 10.0  # how often quotas and node capacity are re-read at most
+    unschedulable_backoff_seconds: PositiveFloat = 30.0  # after pods stayed unschedulable, hold the budget down
+    ttl_seconds_after_finished: NonNegativeInt | None = None  # default of spec.ttlSecondsAfterFinished
     shard_min_images: PositiveInt = Sharding.min_size
     shard_max_images: PositiveInt = Sharding.max_size
     shards_per_worker: PositiveInt = Sharding.shards_per_worker
-    sync_interval_seconds: PositiveFloat = 5.0
+    schedule_interval_seconds: PositiveFloat = 2.0  # the scheduler's tick, besides the events that wake it
+    progress_interval_seconds: PositiveFloat = 5.0  # how often running jobs' checkpoints are counted
     max_status_failures: NonNegativeInt = 20
     s3_retry_seconds: NonNegativeInt = 120
     gc_interval_seconds: NonNegativeInt = 600  # 0: no collection of unreferenced originals
@@ -61,6 +68,11 @@ class OperatorSettings(CommonSettings):
     @property
     def pod_s3_secure(self) -> bool:
         return self.s3_secure if self.job_s3_secure is None else self.job_s3_secure
+
+    @property
+    def budget_pod_size(self) -> PodSize:
+        r = self.resources
+        return PodSize(requests=r["requests"], limits=r["limits"])
 
     @property
     def resources(self) -> dict[str, dict[str, str]]:

@@ -57,6 +57,33 @@ def share(budget: int, jobs: Iterable[Demand]) -> Shares:
     return Shares(pods, tuple(job.name for job in queued))
 
 
+def stage(targets: dict[str, int], current: dict[str, int], occupied: dict[str, int], budget: int) -> dict[str, int]:
+    """The parallelism to set now on the way to `targets`, so that pods that still exist never exceed the budget.
+
+    `current` is each job's parallelism as set, `occupied` its pods that exist (active and terminating): a
+    lowered Job keeps its pods until they have checkpointed and exited, so what another job may gain this tick
+    is only what is free of both. Decreases apply at once; increases share the headroom, fewest pods first
+    (the same order as `share`, by name on ties), and the rest follow on a later tick, when pods have gone.
+    A job missing from `targets` gets 0 (queued or suspended).
+    """
+    names = set(targets) | set(current)
+    new = {name: min(targets.get(name, 0), current.get(name, 0)) for name in names}
+
+    def footprint(name: str) -> int:
+        return max(occupied.get(name, 0), new[name])
+
+    headroom = budget - sum(footprint(name) for name in names)
+    wanting = [name for name in names if targets.get(name, 0) > new[name]]
+    while headroom > 0 and wanting:
+        name = min(wanting, key=lambda n: (new[n], n))
+        before = footprint(name)
+        new[name] += 1
+        headroom -= footprint(name) - before  # a job refilling its own terminating pods' places costs nothing
+        if new[name] >= targets[name]:
+            wanting.remove(name)
+    return new
+
+
 def jain_index(allocations: Sequence[float]) -> float:
     """Jain's fairness index of (weight-normalised) allocations: 1 is perfectly fair, 1/n the least."""
     if not allocations or not any(allocations):

@@ -71,3 +71,30 @@ def collect(
     if deleted:
         log.info("collected %d unreferenced originals older than %s", len(deleted), grace)
     return deleted
+
+
+def release(
+    s3: Minio, bucket: str, namespace: str, name: str, originals: list[str], others: Iterable[dict[str, Any]],
+    created: datetime.datetime,
+) -> list[str]:
+    """On deletion of a ResizeJob made from uploads: delete its upload record, then those of its originals that
+    nothing else references and that were not written again since the job was created (a later upload of the
+    same content is using it). Returns what was deleted. Blocking I/O; idempotent."""
+    try:
+        s3.remove_object(bucket, layout.upload_record_key(namespace, name))
+    except S3Error as error:
+        if not is_not_found(error):
+            raise
+    referenced = referenced_originals(s3, bucket, others)
+    deleted = []
+    for key in sorted(set(originals) - referenced):
+        try:
+            if (s3.stat_object(bucket, key).last_modified or created) > created:
+                continue  # written again after this job was made: another request is using it
+            s3.remove_object(bucket, key)
+        except S3Error as error:
+            if not is_not_found(error):
+                raise
+            continue
+        deleted.append(key)
+    return deleted

@@ -12,6 +12,8 @@ from .planning import ShardPlan
 
 RESIZER_UID = 65532
 LABEL_RESIZEJOB = "kresize.dev/resizejob"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "kresize-operator"  # on our Jobs and their pods: what the operator watches and counts
 
 
 def labels_for(resizejob_name: str) -> dict[str, str]:
@@ -19,7 +21,7 @@ def labels_for(resizejob_name: str) -> dict[str, str]:
         "app.kubernetes.io/name": "kresize-resizer",
         "app.kubernetes.io/component": "resizer",
         "app.kubernetes.io/part-of": "kresize",
-        "app.kubernetes.io/managed-by": "kresize-operator",
+        LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_RESIZEJOB: resizejob_name[:63].rstrip("-_."),
     }
 
@@ -73,6 +75,8 @@ def build_job(
         "completionMode": "Indexed",
         "completions": plan.shards,
         "parallelism": parallelism,
+        # Created suspended: the scheduler starts it (suspend false, its share as parallelism) when admitted.
+        "suspend": True,
         "backoffLimitPerIndex": retry.backoff_limit_per_index,
         # A pod stopped by a scale-down or a deletion (SIGTERM: it checkpoints and exits STOPPED_EXIT_CODE, or
         # the kubelet marks it DisruptionTarget) is not a failure of its shard: its retry skips finished images.

@@ -1,16 +1,16 @@
 """Pure decisions: how to shard the work, how many pods to run, and what the status says.
 
-Sharding rule: aim for `shards_per_worker` shards per pod the job may run (so a slow shard does not
-leave the other pods idle at the end), but never fewer than `min_size` images per shard (pod start-up
-costs about a second) nor more than `max_size` (so a retry redoes little work):
+Sharding rule: a Job index is a shard, and a pod processes one. Pod starts per job should grow with its
+parallelism, not with its image count (a start costs seconds), so the shard count is bounded by the most pods
+the job may get, times `shards_per_worker` (2: a slow shard does not leave the other pods idle at the end),
+with at least `min_size` images a shard and at most `max_size` (a bound on a manifest's size):
 
-    parallel  = min(spec.parallelism, operator max parallelism)
+    parallel  = min(spec.parallelism, KRESIZE_MAX_PODS)
     shardSize = clamp(ceil(total / (parallel * shards_per_worker)), min_size, max_size)
     shards    = ceil(total / shardSize)
 
-Parallelism rule: min(remaining shards, spec.parallelism, operator max parallelism), recomputed on every
-sync and lowered on the running Job as shards finish. Remaining = not yet completed or failed, so the
-value never drops below the number of pods still working.
+A large shard costs nothing extra when its pod is stopped: the pod checkpoints each image as it finishes, and
+the retried index skips them. How many pods run at once is the scheduler's decision (fairshare.py).
 """
 
 from __future__ import annotations
@@ -33,18 +33,20 @@ class ShardPlan:
         return start, min(start + self.shard_size, self.total)
 
 
-def plan_shards(total: int, spec_parallelism: int, max_parallelism: int, sharding: Sharding) -> ShardPlan:
+def plan_shards(total: int, spec_parallelism: int, max_pods: int, sharding: Sharding) -> ShardPlan:
     if total <= 0:
         raise ValueError("nothing to shard")
-    parallel = max(1, min(spec_parallelism, max_parallelism))
+    parallel = max(1, min(spec_parallelism, max_pods))
     wanted = math.ceil(total / (parallel * sharding.shards_per_worker))
     size = max(sharding.min_size, min(sharding.max_size, wanted))
     return ShardPlan(total=total, shard_size=size, shards=math.ceil(total / size))
 
 
-def decide_parallelism(remaining_shards: int, spec_parallelism: int, max_parallelism: int) -> int:
-    """Pods to run now. At least 1 while anything remains (a Job's parallelism 0 would suspend it)."""
-    return max(1, min(remaining_shards, spec_parallelism, max_parallelism))
+def throughput(samples: list[tuple[float, int]]) -> float | None:
+    """Images a second over (time, images done) samples, oldest first; None until they span 2 s."""
+    if len(samples) < 2 or samples[-1][0] - samples[0][0] < 2:
+        return None
+    return max(0.0, (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0]))
 
 
 def expand_ranges(text: str | None) -> set[int]:

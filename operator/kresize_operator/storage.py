@@ -69,7 +69,7 @@ def ensure_plan(
         where = f"s3://{placement.source_bucket}/{spec['source'].get('prefix', '')}"
         raise PermanentSourceError(f"no images found under {where}")
     parallelism = ResizeJobSpec.from_dict(spec).parallelism
-    plan = plan_shards(len(keys), parallelism, config.max_parallelism, config.sharding)
+    plan = plan_shards(len(keys), parallelism, config.max_pods, config.sharding)
     prefix = spec["source"].get("prefix", "")
 
 
@@ -103,3 +103,22 @@ def shard_records(
         failed_reason = f"shard {index} finished without writing results"
     shard = ShardManifest.from_json(get_json(client, bucket, layout.shard_key(work, index)))
     return [ImageResult.failed(image.key, failed_reason) for image in shard.images]
+
+
+def _remove_prefix(client: Minio, bucket: str, prefix: str) -> int:
+    from minio.deleteobjects import DeleteObject
+
+    names = [o.object_name for o in client.list_objects(bucket, prefix=prefix, recursive=True) if o.object_name]
+    errors = list(client.remove_objects(bucket, (DeleteObject(name) for name in names)))
+    if errors:
+        raise RuntimeError(f"could not delete {len(errors)} objects under s3://{bucket}/{prefix}: {errors[0]}")
+    return len(names)
+
+
+def remove_job_files(client: Minio, config: OperatorSettings, *, work: str, outputs: dict[str, Any] | None) -> int:
+    """Delete a job's work files (plan, shards, checkpoints, results) and, when `outputs` (status.results) is
+    given, its variants. Returns how many objects were deleted. Blocking I/O; idempotent."""
+    removed = _remove_prefix(client, config.s3_bucket, work)
+    if outputs and outputs.get("outputBucket") and outputs.get("outputPrefix"):
+        removed += _remove_prefix(client, outputs["outputBucket"], outputs["outputPrefix"])
+    return removed

@@ -4,12 +4,14 @@ It watches Jobs through the (emulated) apiserver and runs each completion index 
 playing the pod: the container's command (or the image's entrypoint) and args, with the env a pod would
 get (`value`, `secretKeyRef` read from the Secret, the completion-index fieldRef, and JOB_COMPLETION_INDEX),
 under the pod's container rules (uid 65532 without a passwd entry, read-only root, only /tmp writable).
-It honours parallelism (re-read on every pass, as the operator lowers it), completions,
-backoffLimitPerIndex, backoffLimit, maxFailedIndexes and activeDeadlineSeconds, and writes Job status
-through the status subresource the way batch/v1 does: startTime, active, ready, succeeded, failed,
-completedIndexes/failedIndexes as ranges, and SuccessCriteriaMet+Complete or FailureTarget+Failed
-conditions with their reasons. Lowering parallelism below the running count lets running pods finish,
-as the real controller does for Indexed Jobs it does not need to scale down abruptly.
+It honours parallelism (re-read on every pass), suspend, completions, backoffLimitPerIndex, backoffLimit,
+maxFailedIndexes and activeDeadlineSeconds, and writes Job status through the status subresource the way
+batch/v1 does: startTime, active, ready, terminating, succeeded, failed, completedIndexes/failedIndexes as
+ranges, and SuccessCriteriaMet+Complete or FailureTarget+Failed conditions with their reasons.
+
+As the real controller does, lowering parallelism below the running count, or suspending the Job, deletes
+the excess pods (highest indexes first): the kubelet sends SIGTERM, the pod counts as terminating (not active)
+until it exits, and its index is not started again before then (podReplacementPolicy: Failed).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class _JobState:
     started: float = field(default_factory=time.monotonic)
     start_time: str = field(default_factory=_now)
     running: dict[int, subprocess.Popen] = field(default_factory=dict)
+    terminating: dict[int, subprocess.Popen] = field(default_factory=dict)
     completed: set[int] = field(default_factory=set)
     failed_indexes: set[int] = field(default_factory=set)
     failures: collections.Counter = field(default_factory=collections.Counter)
@@ -88,6 +91,8 @@ class JobRunner:
         self.interval = interval
         self.started: collections.Counter[tuple[str, int]] = collections.Counter()
         self.max_running: collections.Counter[str] = collections.Counter()
+        self.max_pods_total = 0  # the most pods (active and terminating, all Jobs) that ever existed at once
+        self.stopped: collections.Counter[str] = collections.Counter()  # pods deleted by scale-down or suspend
         self._jobs: dict[str, _JobState] = {}
         self._held: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
@@ -104,8 +109,13 @@ class JobRunner:
         self._thread.join(10)
         with self._lock:
             for state in self._jobs.values():
-                for proc in state.running.values():
+                for proc in [*state.running.values(), *state.terminating.values()]:
                     self._kill(proc)
+
+    def pods(self) -> int:
+        """Pods that exist now, active or terminating, over all Jobs."""
+        with self._lock:
+            return sum(len(s.running) + len(s.terminating) for s in self._jobs.values())
 
     def hold(self, job_name: str, index: int) -> None:
         """Do not start this index (like a pod that cannot be scheduled) until release()."""
@@ -165,20 +175,45 @@ class JobRunner:
         seen = set()
         with self._lock:
             for job in jobs:
-                if job.spec.completion_mode != "Indexed" or job.spec.suspend:
+                if job.spec.completion_mode != "Indexed":
                     continue
                 seen.add(job.metadata.uid)
                 state = self._jobs.setdefault(job.metadata.uid, _JobState(job.metadata.name))
                 if not state.finished:
                     self._step(job, state)
-            for uid in set(self._jobs) - seen:  # deleted Jobs: their pods go too
-                for proc in self._jobs.pop(uid).running.values():
-                    self._kill(proc)
+            for uid in set(self._jobs) - seen:  # deleted Jobs: their pods are deleted too (SIGTERM)
+                state = self._jobs[uid]
+                for index in list(state.running):
+                    self._delete_pod(state, index)
+                state.finished = True
+                self._reap(state)
+                if not state.terminating:
+                    del self._jobs[uid]
+            self.max_pods_total = max(self.max_pods_total, sum(len(s.running) + len(s.terminating)
+                                                               for s in self._jobs.values()))
+
+    def _delete_pod(self, state: _JobState, index: int) -> None:
+        """What deleting a pod does: SIGTERM now; it stays terminating until it exits."""
+        proc = state.running.pop(index)
+        with contextlib.suppress(OSError, IndexError):
+            terminate(proc.pid)
+        state.terminating[index] = proc
+        self.stopped[state.name] += 1
+
+    def _reap(self, state: _JobState) -> None:
+        for index, proc in list(state.terminating.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del state.terminating[index]
+            if code == 0:
+                state.completed.add(index)  # it finished its shard before it saw the SIGTERM
 
     def _step(self, job: Any, state: _JobState) -> None:
         spec = job.spec
         completions = spec.completions or 1
         per_index = spec.backoff_limit_per_index
+        self._reap(state)
         for index, proc in list(state.running.items()):
             code = proc.poll()
             if code is None:
@@ -207,20 +242,24 @@ class JobRunner:
                 self._kill(proc)
             state.running.clear()
         else:
+            parallelism = 0 if spec.suspend else spec.parallelism if spec.parallelism is not None else 1
+            for index in sorted(state.running, reverse=True)[:max(0, len(state.running) - parallelism)]:
+                self._delete_pod(state, index)
             pending = [i for i in range(completions)
                        if i not in state.completed and i not in state.failed_indexes and i not in state.running
-                       and (state.name, i) not in self._held]
-            parallelism = spec.parallelism if spec.parallelism is not None else 1
+                       and i not in state.terminating and (state.name, i) not in self._held]
             while pending and len(state.running) < parallelism:
                 index = pending.pop(0)
                 state.running[index] = self._spawn(job, index)
             self.max_running[state.name] = max(self.max_running[state.name], len(state.running))
-            if not state.running and len(state.completed | state.failed_indexes) >= completions and \
+            if not state.running and not state.terminating and \
+                    len(state.completed | state.failed_indexes) >= completions and \
                     state.failed_indexes:  # held indexes are not done, so they never reach this
                 failure = ("FailedIndexes", "Job has failed indexes")
 
         status: dict[str, Any] = {
             "startTime": state.start_time, "active": len(state.running), "ready": len(state.running),
+            "terminating": len(state.terminating),
             "succeeded": len(state.completed), "failed": state.failed_pods,
             "completedIndexes": compress(state.completed), "failedIndexes": compress(state.failed_indexes)
             if per_index is not None else None,
@@ -235,7 +274,7 @@ class JobRunner:
                  "lastProbeTime": now, "lastTransitionTime": now},
             ]
             state.finished = True
-        elif len(state.completed) >= completions:
+        elif len(state.completed) >= completions and not state.terminating:
             status["conditions"] = [
                 {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
                  "message": "Reached expected number of succeeded pods", "lastProbeTime": now,
