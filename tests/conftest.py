@@ -82,7 +82,10 @@ def chart_values(s3_endpoint: str, *, api_port: int = 8080, health_port: int = 8
                      "gc": {"intervalSeconds": 1, "orphanGraceSeconds": ORPHAN_GRACE_SECONDS},
                      "metricsPort": metrics_port,
                      # Not a chart value: a fast sync keeps the tests short.
-                     "extraEnv": [{"name": "KRESIZE_SCHEDULE_INTERVAL_SECONDS", "value": "0.5"}]},
+                     "extraEnv": [{"name": "KRESIZE_SCHEDULE_INTERVAL_SECONDS", "value": "0.5"},
+                                  # a few corpus images make several shards, so pods can be shared
+                                  {"name": "KRESIZE_SHARD_MIN_IMAGES", "value": "2"},
+                                  {"name": "KRESIZE_PROGRESS_INTERVAL_SECONDS", "value": "0.5"}]},
     }
     return merge(values, overrides)
 

@@ -250,24 +250,26 @@ def test_killed_resizer_pod_is_retried_and_parallelism_follows_the_work(platform
     create_resizejob(platform, name, {"source": {"prefix": "samples/podkill/"}, "parallelism": 5,
                                       "targets": [{"name": "t", "width": 300, "format": "webp"}]})
     job_name = f"{name}-resize"
-    platform.runner.hold(job_name, 6)  # the last shard's pod stays pending until released
+    platform.runner.hold(job_name, 3)  # the last shard's pod stays pending until released
     status = wait_phase(platform, name, {"Running", *TERMINAL}, 60)
     assert status["jobName"] == job_name
-    assert status["shards"] == 7 and status["parallelism"] == 2  # min(7 shards, spec 5, operator cap 2)
+    # At most min(spec 5, budget 2) pods, 2 shards a pod: 4 shards; the budget gives it 2 pods.
+    assert (status["shards"], status["shardSize"]) == (4, -(-len(sources) * 3 // 4))
+    wait_for(lambda: platform.resizejob(name)["status"]["parallelism"] == 2, 30, message="2 pods")
     victim = wait_for(lambda: platform.runner.running(job_name), 60, interval=0.05, message="a running pod")[0]
     assert platform.runner.kill_index(job_name, victim)
 
-    # Six shards done, one left: the operator lowers the Job's parallelism to what remains.
+    # Three shards done, one left: the scheduler lowers the Job's parallelism to what remains.
     wait_for(lambda: platform.batch.read_namespaced_job(job_name, NAMESPACE).spec.parallelism == 1, 120,
              message="parallelism lowered to 1")
-    assert platform.resizejob(name)["status"]["parallelism"] == 1
-    platform.runner.release(job_name, 6)
+    wait_for(lambda: platform.resizejob(name)["status"]["parallelism"] == 1, 10, message="status follows")
+    platform.runner.release(job_name, 3)
     status = wait_phase(platform, name, TERMINAL)
     assert status["phase"] == "Succeeded", status
     assert (status["succeeded"], status["failed"]) == (len(sources) * 3, 0)
     assert platform.runner.started[(job_name, victim)] == 2  # the killed index ran again, once
     job = platform.batch.read_namespaced_job(job_name, NAMESPACE)
-    assert job.status.failed == 1 and job.status.completed_indexes == "0-6"
+    assert job.status.failed == 1 and job.status.completed_indexes == "0-3"
     assert platform.runner.max_running[job_name] <= 2
 
 

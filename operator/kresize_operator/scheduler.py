@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from kresize_common import layout
@@ -233,8 +233,8 @@ class Scheduler:
 
     async def recreate(self, entry: Entry) -> None:
         log.warning("Job %s of ResizeJob %s is gone; recreating it", entry.status.get("jobName"), entry.name)
-        _event(entry.rj, type="Warning", reason="JobRecreated",
-                   message=f"Job {entry.status.get('jobName')} was deleted; recreating it")
+        await self._event(entry, "Warning", "JobRecreated", f"Job {entry.status.get('jobName')} was deleted; "
+                                                             "recreating it")
         await self.recreate_job(entry.rj)
         entry.job_lost = False
 
@@ -250,9 +250,13 @@ class Scheduler:
         done = counts["succeeded"] + counts["failed"]
         update["progress"] = f"{min(total, done + inflight)}/{total}"
         finished = job_finished(entry.job)
+        events: list[tuple[str, str, str]] = []
         if finished is not None:
-            update.update(self._final(entry, counts, finished))
+            events, final = self._final(entry, counts, finished)
+            update.update(final)
         await self.patch_status(entry, update)
+        for event in events:
+            await self._event(entry, *event)
 
     def _collect(self, entry: Entry, completed: set[int], failed: set[int]) -> dict[str, Any]:
         """Fold the results of newly finished indexes into the counts (blocking S3 reads). The counts and the
@@ -283,7 +287,8 @@ class Scheduler:
         return {"succeeded": succeeded, "failed": failures_count, "failures": failures,
                 "countedIndexes": planning.compress_ranges(counted)}
 
-    def _final(self, entry: Entry, counts: dict[str, Any], finished: tuple[str, str, str]) -> dict[str, Any]:
+    def _final(self, entry: Entry, counts: dict[str, Any],
+               finished: tuple[str, str, str]) -> tuple[list[tuple[str, str, str]], dict[str, Any]]:
         kind, reason, job_message = finished
         total = int(entry.status.get("total") or 0)
         generation = entry.rj["metadata"].get("generation", 1)
@@ -300,13 +305,13 @@ class Scheduler:
             why = reason if kind == "Failed" else "NoImageSucceeded"
             message = f"{message}; Job {job_name}: {why} {job_message}".strip()
             conditions = planning.set_condition(conditions, "Failed", "True", why, message, generation, now)
-            _event(entry.rj, type="Warning", reason="Failed", message=message[:1024])
+            events = [("Warning", "Failed", message)]
         else:
             conditions = planning.set_condition(conditions, "Complete", "True", phase, message, generation, now)
-            _event(entry.rj, type="Normal", reason=phase, message=message[:1024])
+            events = [("Normal", phase, message)]
         conditions = planning.set_condition(conditions, "Progressing", "False", phase, message, generation, now)
         log.info("%s finished: %s", entry.name, message)
-        return {"phase": phase, "conditions": conditions, "completionTime": now, "parallelism": 0,
+        return events, {"phase": phase, "conditions": conditions, "completionTime": now, "parallelism": 0,
                 "queuePosition": None, "estimatedCompletionTime": None,
                 "progress": f"{counts['succeeded'] + counts['failed']}/{total}"}
 
@@ -432,10 +437,11 @@ class Scheduler:
         if phase != "Running":
             update.update({"imagesPerSecond": None, "estimatedCompletionTime": None})
             entry.samples.clear()
-        if phase != entry.phase:
-            _event(entry.rj, type="Normal", reason=phase, message=message)
-            log.info("%s is %s: %s", entry.name, phase, message)
+        changed_phase = phase != entry.phase
         await self.patch_status(entry, update)
+        if changed_phase:
+            log.info("%s is %s: %s", entry.name, phase, message)
+            await self._event(entry, "Normal", phase, message)
 
     async def pod_budget(self, in_use: int) -> int:
         """The smallest of KRESIZE_MAX_PODS, the quota headroom, free cluster capacity (when enabled) and the
@@ -501,6 +507,13 @@ class Scheduler:
         return cap
 
     # -- writes --------------------------------------------------------------------------------------
+    async def _event(self, entry: Entry, type_: str, reason: str, message: str) -> None:
+        try:
+            await asyncio.to_thread(self.memo.core.create_namespaced_event, entry.rj["metadata"]["namespace"],
+                                    event_for(entry.rj, type_, reason, message))
+        except ApiException as error:  # an Event is worth a log line, never a failed tick
+            log.warning("cannot post Event %s on %s: %s %s", reason, entry.name, error.status, error.reason)
+
     async def _patch_job(self, entry: Entry, patch: dict[str, Any]) -> None:
         name, namespace = entry.status["jobName"], entry.rj["metadata"]["namespace"]
         try:
@@ -527,9 +540,21 @@ class Scheduler:
                 raise
 
 
-def _event(rj: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
-    """An Event on the ResizeJob, queued by kopf's poster (as handlers' kopf.event calls are)."""
-    kopf.event(kopf.Body(cast(kopf.RawBody, dict(rj))), type=type, reason=reason, message=message)
+def event_for(rj: Mapping[str, Any], type_: str, reason: str, message: str) -> dict[str, Any]:
+    """A core/v1 Event on the ResizeJob (what `kubectl describe rj` shows), as kopf's poster writes them: the
+    scheduler runs outside kopf's handlers, where kopf.event() has no queue."""
+    meta = rj["metadata"]
+    now = datetime.datetime.now(datetime.UTC).isoformat()
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": rj.get("apiVersion", f"{GROUP}/{VERSION}"),
+                           "kind": rj.get("kind", "ResizeJob"), "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta["uid"]},
+        "type": type_, "reason": reason, "message": message[:1024], "count": 1,
+        "firstTimestamp": now, "lastTimestamp": now, "source": {"component": MANAGED_BY},
+        "reportingComponent": MANAGED_BY,
+    }
 
 
 def _newer(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:

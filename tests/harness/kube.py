@@ -59,6 +59,7 @@ BUILTIN_KINDS = [
     Kind("", "v1", "secrets", "Secret"),
     Kind("", "v1", "pods", "Pod", status_subresource=True),
     Kind("batch", "v1", "jobs", "Job", status_subresource=True),
+    Kind("", "v1", "resourcequotas", "ResourceQuota", status_subresource=True),
     Kind("events.k8s.io", "v1", "events", "Event"),
     Kind("coordination.k8s.io", "v1", "leases", "Lease"),
 ]
