@@ -53,7 +53,7 @@ def cpu_seconds(pid: int) -> float:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 class Watcher:
@@ -63,6 +63,7 @@ class Watcher:
         self.api = api
         self.phases: dict[str, dict[str, float]] = collections.defaultdict(dict)
         self.job_done: dict[str, float] = {}
+        self.completed: dict[str, int] = {}  # Job -> indexes completed
         self.status: dict[str, dict] = {}
         self._stop = threading.Event()
         for target in (self._rjs, self._jobs):
@@ -85,6 +86,7 @@ class Watcher:
         while not self._stop.is_set():
             for event in kubernetes.watch.Watch().stream(batch.list_namespaced_job, NAMESPACE, timeout_seconds=60):
                 job = event["object"]
+                self.completed[job.metadata.name] = len(_ranges(job.status.completed_indexes if job.status else None))
                 if any(c.type in ("Complete", "Failed") and c.status == "True"
                        for c in (job.status.conditions or [])):
                     self.job_done.setdefault(job.metadata.name, time.monotonic())
@@ -137,7 +139,7 @@ def scenario_many(custom, watcher: Watcher, pid: int, s3) -> list[str]:
     return rows
 
 
-def scenario_fairness(custom, batch, watcher: Watcher, runner: JobRunner, s3, budget: int) -> list[str]:
+def scenario_fairness(custom, watcher: Watcher, runner: JobRunner, s3, budget: int) -> list[str]:
     sizes = {"fair-a": 120, "fair-b": 240, "fair-c": 240, "fair-d": 240}
     for name, count in sizes.items():
         put_tiny(s3, [f"bench/{name}/{i:04d}.jpg" for i in range(count)])
@@ -157,14 +159,7 @@ def scenario_fairness(custom, batch, watcher: Watcher, runner: JobRunner, s3, bu
         for n in sizes:
             status = watcher.status.get(n) or {}
             if status.get("phase") in ("Queued", "Running"):
-                job = None
-                try:
-                    job = batch.read_namespaced_job(f"{n}-resize", NAMESPACE)
-                except kubernetes.client.ApiException:
-                    pass
-                if job is not None and job.status is not None:
-                    done = len(_ranges(job.status.completed_indexes))
-                    demand[n] = max(0, status.get("shards", 0) - done)
+                demand[n] = max(0, status.get("shards", 0) - watcher.completed.get(f"{n}-resize", 0))
         samples.append((now - start, pods, demand))
         if d_created and all((watcher.status.get(n) or {}).get("phase") in TERMINAL for n in sizes):
             break
@@ -262,7 +257,6 @@ def main() -> int:
     if not s3.bucket_exists(BUCKET):
         s3.make_bucket(BUCKET)
     custom = kubernetes.client.CustomObjectsApi(api)
-    batch = kubernetes.client.BatchV1Api(api)
     watcher = Watcher(api)
     rows: list[str] = []
 
@@ -285,7 +279,7 @@ def main() -> int:
     runner = JobRunner(kubeconfig, NAMESPACE, work / "pods", entrypoints={
         "": [sys.executable, str(REPO / "bench" / "standin_resizer.py")]}).start()
     try:
-        rows += scenario_fairness(custom, batch, watcher, runner, s3, 6)
+        rows += scenario_fairness(custom, watcher, runner, s3, 6)
     finally:
         runner.stop()
         op.stop()

@@ -14,7 +14,7 @@ EQUAL = st.lists(st.builds(Demand, name=st.text("abcdefgh", min_size=1, max_size
                            created=st.floats(0, 1000)), max_size=12, unique_by=lambda j: j.name)
 
 
-@settings(max_examples=3000)
+@settings(max_examples=3000, deadline=None)
 @given(budget=st.integers(0, 60), jobs=jobs_strategy)
 def test_the_rules(budget, jobs):
     result = share(budget, jobs)
@@ -41,7 +41,7 @@ def test_the_rules(budget, jobs):
                 assert pa / ja.priority >= (pb - 1) / jb.priority - 1e-9, (a, pa, b, pb)
 
 
-@settings(max_examples=2000)
+@settings(max_examples=2000, deadline=None)
 @given(budget=st.integers(0, 60), jobs=EQUAL)
 def test_equal_weights_differ_by_at_most_one_unless_capped_by_demand(budget, jobs):
     result = share(budget, jobs)
@@ -65,7 +65,7 @@ def test_jain_index():
     assert jain_index([]) == 1.0
 
 
-@settings(max_examples=2000)
+@settings(max_examples=2000, deadline=None)
 @given(budget=st.integers(0, 30), data=st.data())
 def test_staging_never_lets_existing_pods_exceed_the_budget(budget, data):
     names = data.draw(st.lists(st.text("abcdef", min_size=1, max_size=2), unique=True, max_size=8))

@@ -35,6 +35,10 @@ def resized_counts(platform, job_name: str, shards: int) -> collections.Counter[
                                for key in RESIZED.findall(platform.runner.logs(job_name, index)))
 
 
+def pods_given(platform, name: str) -> int | None:
+    return (platform.resizejob(name).get("status") or {}).get("parallelism")
+
+
 def condition(status: dict, type_: str) -> dict:
     return {c["type"]: c for c in status.get("conditions") or []}.get(type_, {})
 
@@ -50,12 +54,12 @@ def test_jobs_share_the_budget_queue_and_hand_pods_on_and_no_image_is_made_twice
     spec = {"targets": SLOW_TARGETS, "parallelism": 4}
     create_resizejob(platform, "share-a", {**spec, "source": {"prefix": "samples/share-a/"}})
     # Alone, A takes the whole budget.
-    wait_for(lambda: platform.resizejob("share-a").get("status", {}).get("parallelism") == BUDGET, 60,
+    wait_for(lambda: pods_given(platform, "share-a") == BUDGET, 60,
              message="A given the whole budget")
     create_resizejob(platform, "share-b", {**spec, "source": {"prefix": "samples/share-b/"}})
     # B arrives: A gives one pod back (it checkpoints and exits), then B gets it. Equal shares: 1 and 1.
-    wait_for(lambda: [platform.resizejob(n)["status"].get("parallelism") for n in ("share-a", "share-b")]
-             == [1, 1], 60, interval=0.1, message="A and B at one pod each")
+    wait_for(lambda: [pods_given(platform, n) for n in ("share-a", "share-b")] == [1, 1], 60, interval=0.1,
+             message="A and B at one pod each")
     create_resizejob(platform, "share-c", {**spec, "source": {"prefix": "samples/share-c/"}})
     queued = wait_phase(platform, "share-c", {"Queued"}, 30)
     assert queued["queuePosition"] == 1 and queued["parallelism"] == 0
@@ -79,7 +83,7 @@ def test_suspend_releases_the_pods_and_resume_redoes_no_finished_image(platform,
     upload_copies(platform, "samples/suspend/", photos(corpus), 2)
     name, job_name = "suspend", "suspend-resize"
     create_resizejob(platform, name, {"source": {"prefix": "samples/suspend/"}, "targets": SLOW_TARGETS})
-    wait_for(lambda: int(platform.resizejob(name)["status"].get("progress", "0/1").split("/")[0]) >= 2, 120,
+    wait_for(lambda: int((platform.resizejob(name).get("status") or {}).get("progress", "0/1").split("/")[0]) >= 2, 120,
              interval=0.1, message="a few images done")
     platform.custom.patch_namespaced_custom_object("kresize.dev", "v1alpha1", NAMESPACE, "resizejobs", name,
                                                    {"spec": {"suspend": True}})

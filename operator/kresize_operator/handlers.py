@@ -260,6 +260,11 @@ async def clean_up(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: 
     except ApiException as error:
         if error.status != 404:
             raise
+    # Stopped pods write a last checkpoint within their grace period: remove the files only once they are gone.
+    pods = await asyncio.to_thread(memo.core.list_namespaced_pod, namespace,
+                                   label_selector=f"batch.kubernetes.io/job-name={job_name}")
+    if pods.items:
+        raise kopf.TemporaryError(f"waiting for {len(pods.items)} pods of Job {job_name} to stop", delay=1)
     cleanup = ResizeJobSpec.from_dict(spec).cleanup
     source = (spec.get("source") or {})
     others = [rj for rj in (await asyncio.to_thread(

@@ -73,6 +73,8 @@ def build_job(
         pod_spec["serviceAccountName"] = config.resizer_service_account
     job_spec: dict[str, Any] = {
         "completionMode": "Indexed",
+        # No replacement pod beside one still terminating (checkpointing): a Job never exceeds its parallelism.
+        "podReplacementPolicy": "Failed",
         "completions": plan.shards,
         "parallelism": parallelism,
         # Created suspended: the scheduler starts it (suspend false, its share as parallelism) when admitted.

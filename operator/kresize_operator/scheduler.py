@@ -437,7 +437,8 @@ class Scheduler:
         if phase != "Running":
             update.update({"imagesPerSecond": None, "estimatedCompletionTime": None})
             entry.samples.clear()
-        changed_phase = phase != entry.phase
+        # The start handler sets Queued before the scheduler has placed the job: its first position is news too.
+        changed_phase = phase != entry.phase or (position is not None and entry.status.get("queuePosition") is None)
         await self.patch_status(entry, update)
         if changed_phase:
             log.info("%s is %s: %s", entry.name, phase, message)

@@ -12,6 +12,10 @@ ranges, and SuccessCriteriaMet+Complete or FailureTarget+Failed conditions with 
 As the real controller does, lowering parallelism below the running count, or suspending the Job, deletes
 the excess pods (highest indexes first): the kubelet sends SIGTERM, the pod counts as terminating (not active)
 until it exits, and its index is not started again before then (podReplacementPolicy: Failed).
+
+Each process has its Pod object in the apiserver (the template's labels, `batch.kubernetes.io/job-name`, phase
+Running, Ready), so what lists pods sees them: a deleted pod keeps a deletionTimestamp (a finalizer holds it)
+until its process has exited, as a terminating pod does.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .pods import INDEX_ANNOTATION, resolve_env, secret_reader
 from .sandbox import IMAGE_ENV, pod_argv, terminate
 
 DEFAULT_ENTRYPOINTS = {"": ["kresize-resizer"]}  # image prefix -> entrypoint; "" matches any image
+POD_FINALIZER = "harness.kresize.dev/process"  # held until the pod's process has exited
 
 
 def compress(indexes: set[int]) -> str:
@@ -111,6 +116,7 @@ class JobRunner:
             for state in self._jobs.values():
                 for proc in [*state.running.values(), *state.terminating.values()]:
                     self._kill(proc)
+                    self._pod_gone(proc)
 
     def pods(self) -> int:
         """Pods that exist now, active or terminating, over all Jobs."""
@@ -197,6 +203,8 @@ class JobRunner:
         proc = state.running.pop(index)
         with contextlib.suppress(OSError, IndexError):
             terminate(proc.pid)
+        with contextlib.suppress(kubernetes.client.ApiException):
+            self.core.delete_namespaced_pod(proc.pod_name, self.namespace)  # type: ignore[attr-defined]
         state.terminating[index] = proc
         self.stopped[state.name] += 1
 
@@ -206,6 +214,7 @@ class JobRunner:
             if code is None:
                 continue
             del state.terminating[index]
+            self._pod_gone(proc)
             if code == 0:
                 state.completed.add(index)  # it finished its shard before it saw the SIGTERM
 
@@ -219,6 +228,7 @@ class JobRunner:
             if code is None:
                 continue
             del state.running[index]
+            self._pod_gone(proc)
             if code == 0:
                 state.completed.add(index)
                 continue
@@ -240,6 +250,7 @@ class JobRunner:
         if failure:
             for proc in state.running.values():
                 self._kill(proc)
+                self._pod_gone(proc)
             state.running.clear()
         else:
             parallelism = 0 if spec.suspend else spec.parallelism if spec.parallelism is not None else 1
@@ -314,4 +325,30 @@ class JobRunner:
         argv = pod_argv([*command, *(container.args or [])], self._env(container, job, index))
         proc = subprocess.Popen(argv, env={}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
+        proc.pod_name = self._create_pod(job, index, attempt)  # type: ignore[attr-defined]
         return proc
+
+    def _create_pod(self, job: Any, index: int, attempt: int) -> str:
+        name = f"{job.metadata.name}-{index}-{attempt}"
+        labels = {**(job.spec.template.metadata.labels or {}), "batch.kubernetes.io/job-name": job.metadata.name,
+                  "batch.kubernetes.io/job-completion-index": str(index)}
+        self.core.create_namespaced_pod(self.namespace, {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": labels, "finalizers": [POD_FINALIZER],
+                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job.metadata.name,
+                                              "uid": job.metadata.uid, "controller": True}]},
+            "spec": {"containers": [{"name": "resizer", "image": job.spec.template.spec.containers[0].image}]}})
+        self.core.patch_namespaced_pod_status(name, self.namespace, {"status": {
+            "phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"},
+                                               {"type": "Ready", "status": "True"}]}})
+        return name
+
+    def _pod_gone(self, proc: subprocess.Popen) -> None:
+        """The process has exited: its Pod object goes (its finalizer released, then deleted)."""
+        name = getattr(proc, "pod_name", None)
+        if name is None:
+            return
+        with contextlib.suppress(kubernetes.client.ApiException):
+            self.core.patch_namespaced_pod(name, self.namespace, {"metadata": {"finalizers": []}})
+        with contextlib.suppress(kubernetes.client.ApiException):
+            self.core.delete_namespaced_pod(name, self.namespace)
