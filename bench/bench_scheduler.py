@@ -188,6 +188,10 @@ def scenario_fairness(custom, watcher: Watcher, runner: JobRunner, s3, budget: i
         for key in re.findall(r'"resized (\S+) into', runner.logs(f"{n}-resize", i)))
     twice = sum(1 for c in made.values() if c > 1)
     d_at = d_created - start if d_created else 0
+    starts = sum(n for (job, _), n in runner.started.items() if job.startswith("fair-"))
+    images = sum(sizes.values())
+    # Before the scheduler: parallel = min(spec, 6), shardSize = clamp(ceil(n / (parallel * 4)), 8, 200).
+    old_starts = sum(-(-n // max(8, min(200, -(-n // (budget * 4))))) for n in sizes.values())
     return [
         f"2. Three equal jobs on a budget of {budget}, a fourth at {d_at:.1f} s, the smallest finishing first",
         f"   Jain's index (ideal-normalised, {len(jains)} samples of 0.1 s)  mean {statistics.mean(jains):.3f}   "
@@ -199,6 +203,9 @@ def scenario_fairness(custom, watcher: Watcher, runner: JobRunner, s3, budget: i
         f"   Job finished -> final phase: p50 {percentile(finals, 50):.0f} ms  p99 {percentile(finals, 99):.0f} ms  "
         f"max {max(finals):.0f} ms   goal p99 <= 1000 ms",
         f"   scale-downs {sum(runner.stopped.values())}, images made twice {twice} of {len(made)}   goal 0",
+        f"   pod (process) starts: {starts} for {images} images = {starts / images * 1000:.0f} per 1,000 images "
+        f"(the old rule, one pod per shard of 8-200 images with 4 shards a pod: {old_starts}, "
+        f"{old_starts / images * 1000:.0f} per 1,000; ratio {starts / old_starts:.2f}x)",
     ]
 
 

@@ -62,7 +62,9 @@ def test_counters_match_the_job(platform):
     assert delta(op_before, op_after, "kresize_image_duration_seconds_count") == len(good)  # from the records
     assert delta(op_before, op_after, "kresize_shard_duration_seconds_count") >= 1
     assert value(op_after, "kresize_reconcile_duration_seconds_count", handler="start") >= 1
-    assert value(op_after, "kresize_reconcile_duration_seconds_count", handler="sync") >= 1
+    assert value(op_after, "kresize_reconcile_duration_seconds_count", handler="schedule") >= 1
+    assert value(op_after, "kresize_pod_budget") == 2  # the platform's operator.maxPods
+    assert value(op_after, "kresize_queue_length") == 0
 
 
 def test_logs_are_json_lines_and_operator_lines_name_their_resizejob(platform):
@@ -76,6 +78,10 @@ def test_logs_are_json_lines_and_operator_lines_name_their_resizejob(platform):
         assert all("message" in r for r in records)
     about_job = [json.loads(line) for line in platform.operator.program.log.read_text().splitlines()
                  if name in line]
-    assert about_job and all(r["resizejob"]["name"] == name for r in about_job if "resizejob" in r)
-    assert any("resizejob" in r for r in about_job)
+    assert about_job and all(r["resizejob"]["name"] in (name, f"{name}-resize") for r in about_job
+                             if "resizejob" in r)  # the ResizeJob's lines, or its Job's
+    assert any(r.get("resizejob", {}).get("kind") == "ResizeJob" for r in about_job)
+    # The scheduler's lines (phase changes) name their ResizeJob too.
+    assert any(r["message"].startswith(f"{name} is Running") and r["resizejob"]["name"] == name for r in about_job)
+    assert not any(r["message"].startswith("Handler 'observe_") for r in about_job)  # one per watch event: dropped
 

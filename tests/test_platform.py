@@ -305,21 +305,22 @@ def test_deleted_job_is_recreated_and_finished_shards_are_not_redone(platform, c
     sources = sorted((corpus / "orientation").glob("*.jpg"))
     upload_copies(platform, "samples/recreate/", sources, 2)
     name, job_name = "recreate", "recreate-resize"
-    platform.runner.hold(job_name, 4)  # keep the job running until the Job has been deleted
+    platform.runner.hold(job_name, 3)  # keep the job running until the Job has been deleted
     create_resizejob(platform, name, {"source": {"prefix": "samples/recreate/"}, "parallelism": 2,
                                       "targets": [{"name": "t", "width": 100, "format": "png"}]})
     def completed_indexes() -> str:
         jobs = platform.batch.list_namespaced_job(NAMESPACE, label_selector=f"kresize.dev/resizejob={name}").items
         return (jobs[0].status.completed_indexes or "") if jobs and jobs[0].status else ""
-    wait_for(lambda: completed_indexes() == "0-3", 120, message="shards 0-3 done")
+    wait_for(lambda: completed_indexes() == "0-2", 120, message="shards 0-2 done")
     first_uid = platform.batch.read_namespaced_job(job_name, NAMESPACE).metadata.uid
     platform.batch.delete_namespaced_job(job_name, NAMESPACE)
     wait_for(lambda: any(j.metadata.uid != first_uid for j in platform.batch.list_namespaced_job(
         NAMESPACE, label_selector=f"kresize.dev/resizejob={name}").items), 60, message="the Job recreated")
-    platform.runner.release(job_name, 4)
+    platform.runner.release(job_name, 3)
     status = wait_phase(platform, name, TERMINAL)
     assert status["phase"] == "Succeeded" and status["succeeded"] == status["total"] == len(sources) * 2
-    for index in range(4):  # ran again in the new Job, found its results, did nothing
+    assert status["shards"] == 4
+    for index in range(3):  # ran again in the new Job, found its results, did nothing
         assert "already done" in platform.runner.logs(job_name, index)
     events = platform.core.list_namespaced_event(NAMESPACE, field_selector=f"involvedObject.name={name}").items
     assert "JobRecreated" in {e.reason for e in events}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BUCKET, NAMESPACE
+from harness.images import noise_png
 from harness.procs import wait_for
 from kresize_common import layout
 from test_platform import TERMINAL, create_resizejob, upload, upload_copies, wait_phase
@@ -124,8 +125,11 @@ def test_deleting_a_job_stops_its_pods_and_cleans_up_as_spec_cleanup_says(platfo
     assert list(platform.s3.list_objects(BUCKET, prefix="samples/cleanup/", recursive=True))  # never the source
 
 
-def test_deleting_an_upload_job_deletes_the_originals_no_other_job_names(platform, corpus):
-    files = photos(corpus)[:2]
+def test_deleting_an_upload_job_deletes_the_originals_no_other_job_names(platform, tmp_path):
+    files = []
+    for number in range(2):  # content no other test uploads (originals are content-addressed and shared)
+        files.append(tmp_path / f"{number}.png")
+        files[-1].write_bytes(noise_png(64))
     targets = json.dumps([{"name": "t", "width": 64}])
     with platform.client("alice") as client:
         first = upload(client, files, targets=targets).json()["name"]

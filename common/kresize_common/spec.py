@@ -47,6 +47,12 @@ def spec_schema() -> dict[str, Any]:
     return object_schema()["properties"]["spec"]
 
 
+def immutable_spec_fields() -> tuple[str, ...]:
+    """The spec fields the CRD makes immutable (their CEL rule `self == oldSelf`)."""
+    return tuple(name for name, node in spec_schema()["properties"].items()
+                 if any(rule.get("rule") == "self == oldSelf" for rule in node.get("x-kubernetes-validations", [])))
+
+
 def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
     """Structural defaulting as the apiserver does it: fill absent properties that declare a default."""
     if isinstance(value, dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 
@@ -21,6 +22,12 @@ def operator_identity() -> str:
     return os.environ.get("POD_NAME") or f"kresize-operator@{socket.gethostname()}"
 
 
+def quiet_watchers(record: logging.LogRecord) -> bool:
+    """Drop kopf's "Handler 'observe_...' succeeded." line, one per watch event of every ResizeJob and Job:
+    the scheduler logs what those events change."""
+    return not record.getMessage().startswith("Handler 'observe_")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="kresize-operator", description=__doc__)
     parser.add_argument("--namespace", help="namespace to watch (default: KRESIZE_NAMESPACE or the pod's)")
@@ -34,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     # kopf's own logging: JSON lines name the ResizeJob of every per-object line (key "resizejob").
     kopf.configure(verbose=args.verbose, log_refkey="resizejob",
                    log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL)
+    logging.getLogger("kopf.objects").addFilter(quiet_watchers)
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port)
     registry = kopf.OperatorRegistry()

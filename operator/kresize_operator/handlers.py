@@ -27,7 +27,7 @@ from kresize_common import layout
 from kresize_common.kube import kube_client
 from kresize_common.resizejob import ResizeJobSpec
 from kresize_common.s3 import make_client
-from kresize_common.spec import GROUP, PLURAL, VERSION, SpecError, normalize_spec
+from kresize_common.spec import GROUP, PLURAL, VERSION, SpecError, immutable_spec_fields, normalize_spec
 from kubernetes.client.exceptions import ApiException
 
 from . import gc, metrics, planning, policy, storage
@@ -60,10 +60,13 @@ def _now() -> str:
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # The schema prunes unknown status fields, so kopf keeps its bookkeeping in annotations.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    # The diff base holds only what may change: the immutable parts of the spec (a source may list 1,000 keys)
+    # would double the object's size for nothing.
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration")
-    # Only kopf's warnings become Events automatically (a timer's "succeeded" every few seconds would flood
-    # the namespace); the lifecycle Events (JobCreated, Succeeded, ...) are posted with kopf.event().
+        prefix=GROUP, key="last-handled-configuration",
+        ignored_fields=[f"spec.{field}" for field in immutable_spec_fields()])
+    # Only kopf's warnings become Events automatically (a "succeeded" per handler call would flood the
+    # namespace); the lifecycle Events (JobCreated, Queued, Running, Succeeded, ...) are posted explicitly.
     settings.posting.level = logging.WARNING
     # The finalizer that makes deletion wait for clean_up (S3 work files, per spec.cleanup).
     settings.persistence.finalizer = f"{GROUP}/cleanup"

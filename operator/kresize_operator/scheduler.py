@@ -44,6 +44,7 @@ log = logging.getLogger("kresize.operator.scheduler")
 TERMINAL = frozenset({"Succeeded", "PartiallyFailed", "Failed"})
 SCHEDULED = frozenset({"Queued", "Running", "Suspended"})  # planned, with a Job: the scheduler's to run
 THROUGHPUT_WINDOW_SECONDS = 60.0
+DRAIN_SECONDS = 60.0  # longer than a pod's grace period (30 s) plus the Job controller's reaction
 
 
 def now_text() -> str:
@@ -82,6 +83,11 @@ class Entry:
     checkpointed: dict[str, int] = field(default_factory=dict)  # checkpoint object -> images in it
     samples: collections.deque[tuple[float, int]] = field(default_factory=lambda: collections.deque(maxlen=64))
     progress_at: float = 0.0
+    # After we lower a Job's parallelism (or suspend it), its pods may exist unseen until the Job controller
+    # reports on them: count the old parallelism until a Job status newer than our write shows they are gone.
+    draining_from: int = 0
+    drain_version: int = 0
+    drain_deadline: float = 0.0  # a Job whose status never moves (it had no pods) settles after DRAIN_SECONDS
 
     @property
     def name(self) -> str:
@@ -104,6 +110,14 @@ class Entry:
         return bool(self.rj["metadata"].get("deletionTimestamp"))
 
     @property
+    def log_ref(self) -> dict[str, Any]:
+        """`extra` for a log line about this job: kopf's JSON formatter names it under `resizejob`, as it does
+        for the handlers' lines."""
+        meta = self.rj["metadata"]
+        return {"k8s_ref": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ResizeJob", "name": meta["name"],
+                            "uid": meta["uid"], "namespace": meta["namespace"]}}
+
+    @property
     def work(self) -> str:
         meta = self.rj["metadata"]
         return layout.work_prefix(meta["namespace"], meta["name"], meta["uid"])
@@ -123,6 +137,20 @@ class Entry:
         """Its pods that exist: active, and terminating (still checkpointing after a scale-down)."""
         status = (self.job or {}).get("status") or {}
         return int(status.get("active") or 0) + int(status.get("terminating") or 0)
+
+    def occupied(self) -> int:
+        """The pods this job may hold now: those that exist, or, while a decrease is not confirmed, as many as
+        before it."""
+        return max(self.pods(), self.draining_from)
+
+    def settle(self) -> None:
+        """Forget a decrease once a Job status written after it shows no more pods than the new parallelism."""
+        if not self.draining_from:
+            return
+        confirmed = self.job is not None and _version(self.job) > self.drain_version and \
+            self.pods() <= self.job_parallelism()
+        if confirmed or time.monotonic() > self.drain_deadline:
+            self.draining_from = 0
 
     def job_parallelism(self) -> int:
         spec = (self.job or {}).get("spec") or {}
@@ -171,6 +199,7 @@ class Scheduler:
             old_status = (entry.job or {}).get("status")
             entry.job = dict(body)
             entry.job_changed = entry.job_changed or old_status != body.get("status")
+            entry.settle()
         self.wake()
 
     def wake(self) -> None:
@@ -232,7 +261,8 @@ class Scheduler:
         await self._schedule([e for e in self.entries.values() if e.phase in SCHEDULED and e.job is not None])
 
     async def recreate(self, entry: Entry) -> None:
-        log.warning("Job %s of ResizeJob %s is gone; recreating it", entry.status.get("jobName"), entry.name)
+        log.warning("Job %s of ResizeJob %s is gone; recreating it", entry.status.get("jobName"), entry.name,
+                    extra=entry.log_ref)
         await self._event(entry, "Warning", "JobRecreated", f"Job {entry.status.get('jobName')} was deleted; "
                                                              "recreating it")
         await self.recreate_job(entry.rj)
@@ -310,7 +340,7 @@ class Scheduler:
             conditions = planning.set_condition(conditions, "Complete", "True", phase, message, generation, now)
             events = [("Normal", phase, message)]
         conditions = planning.set_condition(conditions, "Progressing", "False", phase, message, generation, now)
-        log.info("%s finished: %s", entry.name, message)
+        log.info("%s finished: %s", entry.name, message, extra=entry.log_ref)
         return events, {"phase": phase, "conditions": conditions, "completionTime": now, "parallelism": 0,
                 "queuePosition": None, "estimatedCompletionTime": None,
                 "progress": f"{counts['succeeded'] + counts['failed']}/{total}"}
@@ -361,7 +391,8 @@ class Scheduler:
             return
         if datetime.datetime.now(datetime.UTC) < finished_at + datetime.timedelta(seconds=ttl):
             return
-        log.info("%s finished at %s; deleting it after its TTL of %ss", entry.name, finished_at, ttl)
+        log.info("%s finished at %s; deleting it after its TTL of %ss", entry.name, finished_at, ttl,
+                 extra=entry.log_ref)
         try:
             await asyncio.to_thread(self.memo.custom.delete_namespaced_custom_object, GROUP, VERSION,
                                     entry.rj["metadata"]["namespace"], PLURAL, entry.name)
@@ -372,24 +403,26 @@ class Scheduler:
 
     # -- 4. sharing the budget -----------------------------------------------------------------------
     async def _schedule(self, entries: list[Entry]) -> None:
+        for entry in entries:
+            entry.settle()
         runnable = [e for e in entries if not e.deleting and not e.spec.get("suspend") and e.demand() > 0
                     and job_finished(e.job or {}) is None]
         held = [e for e in entries if e.deleting or e.spec.get("suspend")]
         # Jobs with nothing left to start (finishing) keep the pods they have; the rest share what is left.
         finishing = [e for e in entries if e not in runnable and e not in held]
-        in_use = sum(e.pods() for e in self.entries.values() if e.job is not None)
+        in_use = sum(e.occupied() for e in self.entries.values() if e.job is not None)
         if not runnable and not held:
             self._publish(0, in_use, None)
             return
         total_budget = await self.pod_budget(in_use)
-        available = max(0, total_budget - sum(e.pods() for e in finishing))
+        available = max(0, total_budget - sum(e.occupied() for e in finishing))
         shares = fairshare.share(available, [
             fairshare.Demand(e.name, e.demand(), int(e.spec.get("priority") or 1),
                              _created(e)) for e in runnable])
         targets = dict(shares.pods)
         staged = fairshare.stage(
             targets, {e.name: e.job_parallelism() for e in [*runnable, *held]},
-            {e.name: e.pods() for e in [*runnable, *held]}, available)
+            {e.name: e.occupied() for e in [*runnable, *held]}, available)
         self._publish(len(shares.queued), in_use, total_budget)
         positions = {name: position for position, name in enumerate(shares.queued, start=1)}
         writes = []
@@ -408,10 +441,15 @@ class Scheduler:
                      total_budget: int) -> None:
         job = entry.job or {}
         spec = job.get("spec") or {}
+        before = entry.job_parallelism()
         if pods == 0 and not spec.get("suspend"):
             await self._patch_job(entry, {"spec": {"suspend": True}})
         elif pods > 0 and (spec.get("suspend") or spec.get("parallelism") != pods):
             await self._patch_job(entry, {"spec": {"suspend": False, "parallelism": pods}})
+        if pods < before:
+            entry.draining_from = max(entry.draining_from, before, entry.pods())
+            entry.drain_version = _version(entry.job or {})
+            entry.drain_deadline = time.monotonic() + DRAIN_SECONDS
         if entry.deleting:
             return
         generation = entry.rj["metadata"].get("generation", 1)
@@ -441,7 +479,7 @@ class Scheduler:
         changed_phase = phase != entry.phase or (position is not None and entry.status.get("queuePosition") is None)
         await self.patch_status(entry, update)
         if changed_phase:
-            log.info("%s is %s: %s", entry.name, phase, message)
+            log.info("%s is %s: %s", entry.name, phase, message, extra=entry.log_ref)
             await self._event(entry, "Normal", phase, message)
 
     async def pod_budget(self, in_use: int) -> int:
@@ -513,7 +551,8 @@ class Scheduler:
             await asyncio.to_thread(self.memo.core.create_namespaced_event, entry.rj["metadata"]["namespace"],
                                     event_for(entry.rj, type_, reason, message))
         except ApiException as error:  # an Event is worth a log line, never a failed tick
-            log.warning("cannot post Event %s on %s: %s %s", reason, entry.name, error.status, error.reason)
+            log.warning("cannot post Event %s on %s: %s %s", reason, entry.name, error.status, error.reason,
+                        extra=entry.log_ref)
 
     async def _patch_job(self, entry: Entry, patch: dict[str, Any]) -> None:
         name, namespace = entry.status["jobName"], entry.rj["metadata"]["namespace"]
@@ -556,6 +595,13 @@ def event_for(rj: Mapping[str, Any], type_: str, reason: str, message: str) -> d
         "firstTimestamp": now, "lastTimestamp": now, "source": {"component": MANAGED_BY},
         "reportingComponent": MANAGED_BY,
     }
+
+
+def _version(obj: Mapping[str, Any]) -> int:
+    try:
+        return int(obj["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):  # opaque versions: no ordering, so the next status settles it
+        return 0
 
 
 def _newer(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:

@@ -141,7 +141,8 @@ def test_resizer_pod_deleted_mid_job(cluster):
 
 ALLOWED = {
     "kresize-operator": [("create", "jobs.batch"), ("patch", "resizejobs.kresize.dev/status"),
-                         ("watch", "resizejobs.kresize.dev"), ("create", "events")],
+                         ("watch", "resizejobs.kresize.dev"), ("create", "events"), ("list", "pods"),
+                         ("list", "resourcequotas"), ("delete", "jobs.batch")],
     "kresize-api": [("create", "resizejobs.kresize.dev"), ("get", "resizejobs.kresize.dev"),
                     ("list", "resizejobs.kresize.dev"), ("watch", "resizejobs.kresize.dev"),
                     ("delete", "resizejobs.kresize.dev")],
@@ -149,7 +150,7 @@ ALLOWED = {
 }
 DENIED = {
     "kresize-operator": [("delete", "pods"), ("list", "secrets"), ("get", "secrets/kresize-s3"),
-                         ("create", "deployments.apps")],
+                         ("create", "deployments.apps"), ("list", "nodes"), ("patch", "pods")],
     "kresize-api": [("patch", "resizejobs.kresize.dev"), ("create", "jobs.batch"), ("get", "secrets")],
     "kresize-resizer": [("get", "pods"), ("list", "resizejobs.kresize.dev"), ("get", "secrets"),
                         ("create", "events")],

@@ -330,7 +330,8 @@ class JobRunner:
 
     def _create_pod(self, job: Any, index: int, attempt: int) -> str:
         name = f"{job.metadata.name}-{index}-{attempt}"
-        labels = {**(job.spec.template.metadata.labels or {}), "batch.kubernetes.io/job-name": job.metadata.name,
+        template_labels = job.spec.template.metadata.labels if job.spec.template.metadata else None
+        labels = {**(template_labels or {}), "batch.kubernetes.io/job-name": job.metadata.name,
                   "batch.kubernetes.io/job-completion-index": str(index)}
         self.core.create_namespaced_pod(self.namespace, {
             "apiVersion": "v1", "kind": "Pod",
