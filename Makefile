@@ -37,9 +37,10 @@ lint: install ## ruff and mypy
 generate: install tools ## regenerate derived files (chart CRD template, package CRD, install bundle, chart README)
 	$(PY) hack/generate.py
 
-bench: install tools ## resize throughput, latency and memory against references; API memory under large uploads
+bench: install tools ## resize throughput, latency and memory against references; API memory; the scheduler at scale
 	$(PY) bench/bench_resize.py
 	$(PY) bench/bench_api_memory.py
+	$(PY) bench/bench_scheduler.py
 
 up: ## kind cluster + images + chart + sample images + a sample job (needs Docker, Python)
 	bash hack/up.sh

@@ -44,6 +44,8 @@ log = logging.getLogger("kresize.operator.scheduler")
 TERMINAL = frozenset({"Succeeded", "PartiallyFailed", "Failed"})
 SCHEDULED = frozenset({"Queued", "Running", "Suspended"})  # planned, with a Job: the scheduler's to run
 THROUGHPUT_WINDOW_SECONDS = 60.0
+QUEUE_HEAD = 5  # queue positions up to this are always current in status
+QUEUE_POSITION_REFRESH_SECONDS = 10.0  # further back, a position is rewritten at most this often
 DRAIN_SECONDS = 60.0  # longer than a pod's grace period (30 s) plus the Job controller's reaction
 
 
@@ -85,6 +87,7 @@ class Entry:
     progress_at: float = 0.0
     # After we lower a Job's parallelism (or suspend it), its pods may exist unseen until the Job controller
     # reports on them: count the old parallelism until a Job status newer than our write shows they are gone.
+    position_at: float = 0.0  # when its queue position was last written
     draining_from: int = 0
     drain_version: int = 0
     drain_deadline: float = 0.0  # a Job whose status never moves (it had no pods) settles after DRAIN_SECONDS
@@ -452,6 +455,9 @@ class Scheduler:
             entry.drain_deadline = time.monotonic() + DRAIN_SECONDS
         if entry.deleting:
             return
+        if position is not None and entry.phase == "Queued" and position > QUEUE_HEAD and \
+                time.monotonic() - entry.position_at < QUEUE_POSITION_REFRESH_SECONDS:
+            return  # each admission moves every queued job up one: deep in the queue, say so less often
         generation = entry.rj["metadata"].get("generation", 1)
         now = now_text()
         conditions = list(entry.status.get("conditions") or [])
@@ -477,6 +483,8 @@ class Scheduler:
             entry.samples.clear()
         # The start handler sets Queued before the scheduler has placed the job: its first position is news too.
         changed_phase = phase != entry.phase or (position is not None and entry.status.get("queuePosition") is None)
+        if position != entry.status.get("queuePosition"):
+            entry.position_at = time.monotonic()
         await self.patch_status(entry, update)
         if changed_phase:
             log.info("%s is %s: %s", entry.name, phase, message, extra=entry.log_ref)
