@@ -86,9 +86,9 @@ class Watcher:
         while not self._stop.is_set():
             for event in kubernetes.watch.Watch().stream(batch.list_namespaced_job, NAMESPACE, timeout_seconds=60):
                 job = event["object"]
-                self.completed[job.metadata.name] = len(_ranges(job.status.completed_indexes if job.status else None))
-                if any(c.type in ("Complete", "Failed") and c.status == "True"
-                       for c in (job.status.conditions or [])):
+                status = job.status or kubernetes.client.V1JobStatus()
+                self.completed[job.metadata.name] = len(_ranges(status.completed_indexes))
+                if any(c.type in ("Complete", "Failed") and c.status == "True" for c in (status.conditions or [])):
                     self.job_done.setdefault(job.metadata.name, time.monotonic())
 
 
@@ -265,7 +265,7 @@ def main() -> int:
         s3.make_bucket(BUCKET)
     custom = kubernetes.client.CustomObjectsApi(api)
     watcher = Watcher(api)
-    rows: list[str] = []
+    print("\nScheduler at scale (emulator platform, real operator, stand-in resizer; goals from issue 9)", flush=True)
 
     def operator(max_pods: int):
         return start_component("operator", s3_server, kubeconfig, work / f"operator-{max_pods}.log", operator={
@@ -275,8 +275,8 @@ def main() -> int:
     op = operator(10)
     try:
         pid = python_pid(op.program.proc.pid)
-        rows += scenario_many(custom, watcher, pid, s3)
-        rows += scenario_big(custom, emulator, watcher, pid, s3)
+        print("\n".join(scenario_many(custom, watcher, pid, s3)), flush=True)
+        print("\n".join(scenario_big(custom, emulator, watcher, pid, s3)), flush=True)
         peak_all = rss_mb(pid, "VmHWM")
     finally:
         op.stop()
@@ -286,14 +286,12 @@ def main() -> int:
     runner = JobRunner(kubeconfig, NAMESPACE, work / "pods", entrypoints={
         "": [sys.executable, str(REPO / "bench" / "standin_resizer.py")]}).start()
     try:
-        rows += scenario_fairness(custom, watcher, runner, s3, 6)
+        print("\n".join(scenario_fairness(custom, watcher, runner, s3, 6)), flush=True)
     finally:
         runner.stop()
         op.stop()
         emulator.stop()
         s3_server.stop()
-    print("\nScheduler at scale (emulator platform, real operator, stand-in resizer; goals from issue 9)")
-    print("\n".join(rows))
     print(f"   (operator peak RSS over scenarios 1 and 3: {peak_all:.0f} MB)")
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any, cast
@@ -137,19 +138,21 @@ def _fail(patch: kopf.Patch, generation: int, status: kopf.Status, reason: str, 
 
 
 def _ensure_job(batch: kubernetes.client.BatchV1Api, job: dict[str, Any]) -> dict[str, Any]:
-    """Create the Job, or adopt the one an earlier attempt created (same deterministic name)."""
+    """Create the Job, or adopt the one an earlier attempt created (same deterministic name). Answers are read as
+    plain JSON (`_preload_content=False`): the client's model classes cost milliseconds of CPU per Job."""
     meta = job["metadata"]
     try:
-        # The client takes a plain dict as readily as a V1Job (it serialises either).
-        return batch.create_namespaced_job(meta["namespace"], cast(Any, job)).to_dict()
+        response: Any = batch.create_namespaced_job(meta["namespace"], cast(Any, job), _preload_content=False)
+        return cast(dict[str, Any], json.loads(response.data))
     except ApiException as error:
         if error.status != 409:
             raise
-    existing = batch.read_namespaced_job(meta["name"], meta["namespace"]).to_dict()
-    owners = (existing.get("metadata") or {}).get("owner_references") or []
+    found: Any = batch.read_namespaced_job(meta["name"], meta["namespace"], _preload_content=False)
+    existing = json.loads(found.data)
+    owners = (existing.get("metadata") or {}).get("ownerReferences") or []
     if not any(o.get("uid") == meta["ownerReferences"][0]["uid"] for o in owners):
         raise kopf.PermanentError(f"a Job named {meta['name']} exists and is not owned by this ResizeJob")
-    return existing
+    return cast(dict[str, Any], existing)
 
 
 class Invalid(Exception):
@@ -270,9 +273,6 @@ async def clean_up(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: 
         raise kopf.TemporaryError(f"waiting for {len(pods.items)} pods of Job {job_name} to stop", delay=1)
     cleanup = ResizeJobSpec.from_dict(spec).cleanup
     source = (spec.get("source") or {})
-    others = [rj for rj in (await asyncio.to_thread(
-        memo.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)).get("items", [])
-        if rj["metadata"]["uid"] != uid]
     removed = await asyncio.to_thread(
         storage.remove_job_files, memo.s3, config, work=layout.work_prefix(namespace, name, uid),
         outputs=(status.get("results") or {}) if cleanup.outputs == "Delete" else None)
@@ -281,6 +281,11 @@ async def clean_up(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: 
             (source.get("bucket") or config.s3_bucket) == config.s3_bucket and \
             source.get("prefix", "") == layout.UPLOADS_SOURCE_PREFIX:
         created = datetime.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
+        # The other ResizeJobs from the scheduler's cache of the namespace (complete once seeded by its LIST): no
+        # LIST per deletion, which made deleting 500 jobs cost 250,000 object reads.
+        if not memo.scheduler.seeded:
+            raise kopf.TemporaryError("waiting for the scheduler's view of the namespace", delay=1)
+        others = [e.rj for e in memo.scheduler.entries.values() if e.rj["metadata"]["uid"] != uid]
         released = await asyncio.to_thread(
             gc.release, memo.s3, config.s3_bucket, namespace, name,
             [layout.source_object_key(source["prefix"], key) for key in source["keys"]], others, created)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -565,12 +566,13 @@ class Scheduler:
     async def _patch_job(self, entry: Entry, patch: dict[str, Any]) -> None:
         name, namespace = entry.status["jobName"], entry.rj["metadata"]["namespace"]
         try:
-            result = await asyncio.to_thread(self.memo.batch.patch_namespaced_job, name, namespace, patch)
+            response = await asyncio.to_thread(self.memo.batch.patch_namespaced_job, name, namespace, patch,
+                                               _preload_content=False)  # plain JSON: no model classes
         except ApiException as error:
             if error.status == 404:
                 return  # deleted meanwhile: its DELETED event follows
             raise
-        entry.job = self.memo.batch.api_client.sanitize_for_serialization(result)
+        entry.job = json.loads(response.data)
 
     async def patch_status(self, entry: Entry, update: dict[str, Any]) -> None:
         """Merge-patch the ResizeJob's status with what differs from the cached object, if anything."""
