@@ -57,17 +57,7 @@ def collect(
                  s3.list_objects(bucket, prefix=layout.UPLOADS_SOURCE_PREFIX, recursive=True) if o.object_name]
     # Listed after the originals: a record written meanwhile names an original whose age is renewed too.
     referenced = referenced_originals(s3, bucket, resizejobs)
-    deleted = []
-    for key in orphans(originals, referenced, now, grace):
-        try:
-            if now - (s3.stat_object(bucket, key).last_modified or now) <= grace:
-                continue  # written again since it was listed: in use
-            s3.remove_object(bucket, key)
-        except S3Error as error:
-            if not is_not_found(error):
-                raise
-            continue
-        deleted.append(key)
+    deleted = delete_unless_written_since(s3, bucket, orphans(originals, referenced, now, grace), now - grace)
     if deleted:
         log.info("collected %d unreferenced originals older than %s", len(deleted), grace)
     return deleted
@@ -85,12 +75,19 @@ def release(
     except S3Error as error:
         if not is_not_found(error):
             raise
-    referenced = referenced_originals(s3, bucket, others)
+    # An original written again after this job was made is being used by another request.
+    return delete_unless_written_since(s3, bucket, sorted(set(originals) - referenced_originals(s3, bucket, others)),
+                                       created)
+
+
+def delete_unless_written_since(s3: Minio, bucket: str, keys: Iterable[str], since: datetime.datetime) -> list[str]:
+    """Delete each original whose last write is not after `since` (one written since is in use: the API writes an
+    original again on every upload that uses it); returns what was deleted."""
     deleted = []
-    for key in sorted(set(originals) - referenced):
+    for key in keys:
         try:
-            if (s3.stat_object(bucket, key).last_modified or created) > created:
-                continue  # written again after this job was made: another request is using it
+            if (s3.stat_object(bucket, key).last_modified or since) > since:
+                continue
             s3.remove_object(bucket, key)
         except S3Error as error:
             if not is_not_found(error):
