@@ -281,20 +281,27 @@ def main() -> int:
             "maxPods": max_pods, "extraEnv": [{"name": "KRESIZE_LOG_FORMAT", "value": "json"}],
             "gc": {"intervalSeconds": 0}})
 
+    wanted = set(sys.argv[1:]) or {"many", "big", "fair"}  # e.g. `python bench/bench_scheduler.py fair`
     op = operator(10)
     try:
         pid = python_pid(op.program.proc.pid)
-        print("\n".join(scenario_many(custom, watcher, pid, s3)), flush=True)
-        print("\n".join(scenario_big(custom, emulator, watcher, pid, s3)), flush=True)
+        if "many" in wanted:
+            print("\n".join(scenario_many(custom, watcher, pid, s3)), flush=True)
+        if "big" in wanted:
+            print("\n".join(scenario_big(custom, emulator, watcher, pid, s3)), flush=True)
+            for name in ("big", "keys"):  # deleted (their finalizer run) before the next scenario's pods exist
+                custom.delete_namespaced_custom_object("kresize.dev", "v1alpha1", NAMESPACE, "resizejobs", name)
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and custom.list_namespaced_custom_object(
+                    "kresize.dev", "v1alpha1", NAMESPACE, "resizejobs")["items"]:
+                time.sleep(0.5)
         peak_all = rss_mb(pid, "VmHWM")
-        for name in ("big", "keys"):  # deleted (their finalizer run) before the next scenario's pods exist
-            custom.delete_namespaced_custom_object("kresize.dev", "v1alpha1", NAMESPACE, "resizejobs", name)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and custom.list_namespaced_custom_object(
-                "kresize.dev", "v1alpha1", NAMESPACE, "resizejobs")["items"]:
-            time.sleep(0.5)
     finally:
         op.stop()
+    if "fair" not in wanted:
+        emulator.stop()
+        s3_server.stop()
+        return 0
     op = operator(6)
     runner = JobRunner(kubeconfig, NAMESPACE, work / "pods", entrypoints={
         "": [sys.executable, str(REPO / "bench" / "standin_resizer.py")]}).start()

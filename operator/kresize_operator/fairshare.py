@@ -60,17 +60,19 @@ def share(budget: int, jobs: Iterable[Demand]) -> Shares:
 def stage(targets: dict[str, int], current: dict[str, int], occupied: dict[str, int], budget: int) -> dict[str, int]:
     """The parallelism to set now on the way to `targets`, so that pods that still exist never exceed the budget.
 
-    `current` is each job's parallelism as set, `occupied` its pods that exist (active and terminating): a
-    lowered Job keeps its pods until they have checkpointed and exited, so what another job may gain this tick
-    is only what is free of both. Decreases apply at once; increases share the headroom, fewest pods first
-    (the same order as `share`, by name on ties), and the rest follow on a later tick, when pods have gone.
-    A job missing from `targets` gets 0 (queued or suspended).
+    `current` is each job's parallelism as set, `occupied` its pods known to exist (active and terminating). A
+    Job may hold as many pods as its parallelism allows before its status says so, and a lowered Job keeps its
+    pods until they have checkpointed and exited: so a job's footprint is the most of its pods, its parallelism as
+    set and as set now, and what another job may gain this tick is only what is free of all footprints. Decreases
+    apply at once, but free their pods only on a later tick (when `current` is the lowered value and the pods are
+    gone); increases share the headroom, fewest pods first (ties by name). A job missing from `targets` gets 0
+    (queued or suspended).
     """
     names = set(targets) | set(current)
     new = {name: min(targets.get(name, 0), current.get(name, 0)) for name in names}
 
     def footprint(name: str) -> int:
-        return max(occupied.get(name, 0), new[name])
+        return max(occupied.get(name, 0), current.get(name, 0), new[name])
 
     headroom = budget - sum(footprint(name) for name in names)
     wanting = [name for name in names if targets.get(name, 0) > new[name]]
