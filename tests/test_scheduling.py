@@ -55,8 +55,8 @@ def test_jobs_share_the_budget_queue_and_hand_pods_on_and_no_image_is_made_twice
     spec = {"targets": SLOW_TARGETS, "parallelism": 4}
     create_resizejob(platform, "share-a", {**spec, "source": {"prefix": "samples/share-a/"}})
     # Alone, A takes the whole budget.
-    wait_for(lambda: pods_given(platform, "share-a") == BUDGET, 60,
-             message="A given the whole budget")
+    wait_for(lambda: pods_given(platform, "share-a") == BUDGET and len(platform.runner.running("share-a-resize"))
+             == BUDGET, 60, interval=0.05, message="A given the whole budget, its pods running")
     create_resizejob(platform, "share-b", {**spec, "source": {"prefix": "samples/share-b/"}})
     # B arrives: A gives one pod back (it checkpoints and exits), then B gets it. Equal shares: 1 and 1.
     wait_for(lambda: [pods_given(platform, n) for n in ("share-a", "share-b")] == [1, 1], 60, interval=0.1,

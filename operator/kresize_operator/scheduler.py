@@ -275,7 +275,10 @@ class Scheduler:
     # -- 1. counting finished shards, finishing ------------------------------------------------------
     async def _count(self, entry: Entry) -> None:
         entry.job_changed = False
-        assert entry.job is not None
+        # One snapshot of the Job for the indexes and the verdict: a newer event may replace entry.job while the
+        # records are read, and finishing with its verdict but the older indexes would lose their counts.
+        job = entry.job
+        assert job is not None
         completed, failed = entry.indexes()
         counts = await asyncio.to_thread(self._collect, entry, completed, failed)
         update: dict[str, Any] = dict(counts)
@@ -283,7 +286,7 @@ class Scheduler:
         total = int(entry.status.get("total") or 0)
         done = counts["succeeded"] + counts["failed"]
         update["progress"] = f"{min(total, done + inflight)}/{total}"
-        finished = job_finished(entry.job)
+        finished = job_finished(job)
         events: list[tuple[str, str, str]] = []
         if finished is not None:
             events, final = self._final(entry, counts, finished)
