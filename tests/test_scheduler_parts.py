@@ -5,6 +5,7 @@ from __future__ import annotations
 from kresize_common import layout
 from kresize_operator.scheduler import (
     Entry,
+    Scheduler,
     _checkpoint_index,
     _newer,
     count_unschedulable,
@@ -87,3 +88,15 @@ def test_a_lowered_job_counts_its_old_pods_until_a_newer_status_shows_them_gone(
     entry.job = {**job(active=1), "metadata": {"resourceVersion": "7"}, "spec": {"parallelism": 1}}
     entry.settle()
     assert entry.occupied() == 1
+
+
+def test_a_job_seen_before_its_resizejob_is_attached_when_the_resizejob_arrives():
+    scheduler = Scheduler(config=None, memo=None, recreate_job=None)  # type: ignore[arg-type]
+    owned = {**job(active=1), "metadata": {"name": "a-resize", "resourceVersion": "5",
+                                           "ownerReferences": [{"kind": "ResizeJob", "uid": "u1", "name": "a"}]}}
+    scheduler.observe_job(owned, "ADDED")  # after a restart the two watches race
+    scheduler.observe_resizejob(RJ, "ADDED")
+    entry = scheduler.entries["u1"]
+    assert entry.job == owned and entry.job_changed
+    scheduler.observe_job(owned, "DELETED")
+    assert entry.job is None and entry.job_lost  # a Running job lost its Job: the next tick recreates it

@@ -166,7 +166,7 @@ class Scheduler:
                  recreate_job: Callable[[dict[str, Any]], Awaitable[object]]) -> None:
         self.config, self.memo, self.recreate_job = config, memo, recreate_job
         self.entries: dict[str, Entry] = {}  # by ResizeJob uid
-        self.owner_of_job: dict[str, str] = {}  # Job name -> ResizeJob uid
+        self.unattached: dict[str, dict[str, Any]] = {}  # a Job seen before its ResizeJob, by the owner's uid
         self.wakeup = asyncio.Event()
         self.seeded = False
         self._cached: dict[str, tuple[float, int | None]] = {}
@@ -181,7 +181,8 @@ class Scheduler:
         else:
             entry = self.entries.get(uid)
             if entry is None:
-                self.entries[uid] = Entry(dict(body))
+                job = self.unattached.pop(uid, None)
+                self.entries[uid] = Entry(dict(body), job, job_changed=job is not None)
             elif _newer(body, entry.rj):
                 entry.rj = dict(body)
         self.wake()
@@ -190,15 +191,17 @@ class Scheduler:
         owners = [o for o in body["metadata"].get("ownerReferences") or [] if o.get("kind") == "ResizeJob"]
         if not owners:
             return
-        uid, name = owners[0]["uid"], body["metadata"]["name"]
-        self.owner_of_job[name] = uid
+        uid = owners[0]["uid"]
         entry = self.entries.get(uid)
-        if entry is None:
-            return  # its ResizeJob arrives later (or is gone): the seed LIST or its event attaches the Job
+        if entry is None:  # its ResizeJob's event comes later (after a restart, the two watches race)
+            if event_type == "DELETED":
+                self.unattached.pop(uid, None)
+            else:
+                self.unattached[uid] = dict(body)
+            return
         if event_type == "DELETED":
             entry.job = None
             entry.job_lost = entry.phase in SCHEDULED and not entry.deleting
-            self.owner_of_job.pop(name, None)
         elif entry.job is None or _newer(body, entry.job):
             old_status = (entry.job or {}).get("status")
             entry.job = dict(body)
@@ -251,7 +254,6 @@ class Scheduler:
                 entry = self.entries.get(owners[0]["uid"]) if owners else None
                 if entry is not None and entry.job is None:
                     entry.job, entry.job_changed = raw, True
-                    self.owner_of_job[raw["metadata"]["name"]] = owners[0]["uid"]
             self.seeded = True
 
     async def tick(self) -> None:
