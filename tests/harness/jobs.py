@@ -208,27 +208,30 @@ class JobRunner:
         state.terminating[index] = proc
         self.stopped[state.name] += 1
 
-    def _reap(self, state: _JobState) -> None:
-        for index, proc in list(state.terminating.items()):
+    def _exited(self, pods: dict[int, subprocess.Popen]) -> list[tuple[int, int]]:
+        """(index, exit code) of the pods among `pods` whose process has exited; they leave `pods`."""
+        exited = []
+        for index, proc in list(pods.items()):
             code = proc.poll()
-            if code is None:
-                continue
-            del state.terminating[index]
-            self._pod_gone(proc)
+            if code is not None:
+                del pods[index]
+                self._pod_gone(proc)
+                exited.append((index, code))
+        return exited
+
+    def _reap(self, state: _JobState) -> None:
+        for index, code in self._exited(state.terminating):
             if code == 0:
                 state.completed.add(index)  # it finished its shard before it saw the SIGTERM
+            else:
+                state.ignored[index] += 1  # stopped (143, or killed): the pod failure policy ignores it
 
     def _step(self, job: Any, state: _JobState) -> None:
         spec = job.spec
         completions = spec.completions or 1
         per_index = spec.backoff_limit_per_index
         self._reap(state)
-        for index, proc in list(state.running.items()):
-            code = proc.poll()
-            if code is None:
-                continue
-            del state.running[index]
-            self._pod_gone(proc)
+        for index, code in self._exited(state.running):
             if code == 0:
                 state.completed.add(index)
                 continue
