@@ -20,6 +20,7 @@ import datetime
 import json
 import logging
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import kopf
@@ -39,6 +40,7 @@ from .scheduler import Scheduler
 from .storage import PermanentSourceError, Placement, ensure_plan, placement_for
 
 TERMINAL_PHASES = frozenset({"Succeeded", "PartiallyFailed", "Failed"})
+IO_THREADS = 32
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
@@ -85,6 +87,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
 
 async def start_background(memo: kopf.Memo, **_: Any) -> None:
+    # Blocking S3 and Kubernetes calls run in threads (asyncio.to_thread): asyncio's default of cpus + 4 threads
+    # would queue a burst of new jobs behind a handful of S3 round trips. The S3 client pools 16 connections.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="kresize-io"))
     memo.tasks = [asyncio.create_task(memo.scheduler.run(), name="kresize-scheduler")]
     if memo.config.gc_interval_seconds:
         memo.tasks.append(asyncio.create_task(collect_orphans_forever(memo), name="kresize-gc"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,21 @@ def list_source_keys(client: Minio, bucket: str, source: dict[str, Any]) -> list
     return sorted(n for n in names if n and not n.endswith("/"))
 
 
+BUCKET_SEEN_SECONDS = 60.0
+_buckets_seen: dict[str, float] = {}  # bucket -> when it was last seen to exist
+
+
+def _bucket_seen(client: Minio, bucket: str) -> bool:
+    """Whether the bucket exists, remembered for a minute once it does: a burst of 500 new jobs would otherwise
+    ask S3 the same two questions 1,000 times."""
+    if time.monotonic() - _buckets_seen.get(bucket, -BUCKET_SEEN_SECONDS) < BUCKET_SEEN_SECONDS:
+        return True
+    if client.bucket_exists(bucket):
+        _buckets_seen[bucket] = time.monotonic()
+        return True
+    return False
+
+
 def ensure_plan(
     client: Minio, config: OperatorSettings, work: str, spec: dict[str, Any], placement: Placement,
 ) -> ShardPlan:
@@ -61,8 +77,9 @@ def ensure_plan(
     existing = get_json_or_none(client, bucket, layout.plan_key(work))
     if existing is not None:
         return ShardPlan(total=existing["total"], shard_size=existing["shardSize"], shards=existing["shards"])
-    ensure_bucket(client, bucket)
-    if not client.bucket_exists(placement.output_bucket):
+    if not _bucket_seen(client, bucket):
+        ensure_bucket(client, bucket)
+    if not _bucket_seen(client, placement.output_bucket):
         raise PermanentSourceError(f"output bucket {placement.output_bucket!r} does not exist")
     keys = list_source_keys(client, placement.source_bucket, spec["source"])
     if not keys:
