@@ -68,7 +68,17 @@ class Watcher:
         self.status: dict[str, dict] = {}
         self._stop = threading.Event()
         for target in (self._rjs, self._jobs):
-            threading.Thread(target=target, daemon=True).start()
+            threading.Thread(target=self._forever, args=(target,), daemon=True).start()
+
+    def _forever(self, watch) -> None:
+        while not self._stop.is_set():
+            try:
+                watch()
+            except Exception:  # noqa: BLE001 - the apiserver going away at the end; else watch again
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        self._stop.set()
 
     def _rjs(self) -> None:
         custom = kubernetes.client.CustomObjectsApi(self.api)
@@ -299,6 +309,7 @@ def main() -> int:
     finally:
         op.stop()
     if "fair" not in wanted:
+        watcher.stop()
         emulator.stop()
         s3_server.stop()
         return 0
@@ -310,6 +321,7 @@ def main() -> int:
     finally:
         runner.stop()
         op.stop()
+        watcher.stop()
         emulator.stop()
         s3_server.stop()
     print(f"   (operator peak RSS over scenarios 1 and 3: {peak_all:.0f} MB)")
