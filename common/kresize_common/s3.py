@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import urllib3
 from minio import Minio
+from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from .config import S3Settings, env_int
@@ -154,3 +155,12 @@ def object_exists(client: Minio, bucket: str, key: str) -> bool:
             return False
         raise
     return True
+
+
+def remove_prefix(client: Minio, bucket: str, prefix: str) -> int:
+    """Delete every object under `prefix` (batched DeleteObjects); returns how many. Raises if any is left."""
+    names = [o.object_name for o in client.list_objects(bucket, prefix=prefix, recursive=True) if o.object_name]
+    errors = list(client.remove_objects(bucket, (DeleteObject(name) for name in names)))
+    if errors:
+        raise RuntimeError(f"could not delete {len(errors)} objects under s3://{bucket}/{prefix}: {errors[0]}")
+    return len(names)

@@ -56,10 +56,6 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
     kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)(observe_job)
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # The schema prunes unknown status fields, so kopf keeps its bookkeeping in annotations.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -134,7 +130,7 @@ async def observe_job(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: A
 
 def _fail(patch: kopf.Patch, generation: int, status: kopf.Status, reason: str, message: str) -> None:
     conditions = list(status.get("conditions") or [])
-    now = _now()
+    now = planning.timestamp()
     conditions = planning.set_condition(conditions, "Progressing", "False", reason, message, generation, now)
     conditions = planning.set_condition(conditions, "Failed", "True", reason, message, generation, now)
     patch.status.update({
@@ -227,7 +223,7 @@ async def start(
     except Exception as error:
         message = f"cannot prepare the work in S3 ({config.s3_endpoint}): {type(error).__name__}: {error}"
         conditions = planning.set_condition(list(status.get("conditions") or []), "Progressing", "False",
-                                            "S3Unavailable", message, generation, _now())
+                                            "S3Unavailable", message, generation, planning.timestamp())
         patch.status.update({"phase": "Pending", "observedGeneration": generation, "conditions": conditions})
         raise kopf.TemporaryError(message, delay=10) from error
     memo.scheduler.wake()
@@ -235,15 +231,15 @@ async def start(
         return
     message = f"{plan.total} images in {plan.shards} shards of up to {plan.shard_size}; Job {job_name}"
     conditions = planning.set_condition(list(status.get("conditions") or []), "Progressing", "True",
-                                        "JobCreated", message, generation, _now())
+                                        "JobCreated", message, generation, planning.timestamp())
     conditions = planning.set_condition(conditions, "Admitted", "False", "Queued",
-                                        "waiting for the scheduler", generation, _now())
+                                        "waiting for the scheduler", generation, planning.timestamp())
     work = layout.work_prefix(meta["namespace"], meta["name"], meta["uid"])
     patch.status.update({
         "phase": "Queued", "observedGeneration": generation, "conditions": conditions,
         "total": plan.total, "succeeded": 0, "failed": 0, "progress": f"0/{plan.total}",
         "shards": plan.shards, "shardSize": plan.shard_size, "countedIndexes": "",
-        "jobName": job_name, "parallelism": 0, "startTime": _now(), "failures": [],
+        "jobName": job_name, "parallelism": 0, "startTime": planning.timestamp(), "failures": [],
         "results": _results_pointer(config, work, placement),
     })
     post_event(body, "Normal", "JobCreated", message)
@@ -285,7 +281,8 @@ async def clean_up(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: 
     if cleanup.originals == "DeleteUnreferenced" and source.get("keys") and \
             (source.get("bucket") or config.s3_bucket) == config.s3_bucket and \
             source.get("prefix", "") == layout.UPLOADS_SOURCE_PREFIX:
-        created = datetime.datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
+        created = planning.parse_timestamp(meta["creationTimestamp"])
+        assert created is not None  # the apiserver always sets it
         # The other ResizeJobs from the scheduler's cache of the namespace (complete once seeded by its LIST): no
         # LIST per deletion, which made deleting 500 jobs cost 250,000 object reads.
         if not memo.scheduler.seeded:

@@ -15,6 +15,7 @@ the retried index skips them. How many pods run at once is the scheduler's decis
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import math
 from dataclasses import dataclass
@@ -47,6 +48,15 @@ def throughput(samples: list[tuple[float, int]]) -> float | None:
     if len(samples) < 2 or samples[-1][0] - samples[0][0] < 2:
         return None
     return max(0.0, (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0]))
+
+
+def timestamp(when: datetime.datetime | None = None) -> str:
+    """`when` (default: now) as Kubernetes writes times: RFC 3339 in UTC, whole seconds."""
+    return (when or datetime.datetime.now(datetime.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_timestamp(text: str | None) -> datetime.datetime | None:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
 def expand_ranges(text: str | None) -> set[int]:

@@ -50,16 +50,6 @@ QUEUE_POSITION_REFRESH_SECONDS = 10.0  # further back, a position is rewritten a
 DRAIN_SECONDS = 60.0  # longer than a pod's grace period (30 s) plus the Job controller's reaction
 
 
-def now_text() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_time(text: str | None) -> datetime.datetime | None:
-    if not text:
-        return None
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 def job_finished(job: Mapping[str, Any]) -> tuple[str, str, str] | None:
     """('Complete'|'Failed', reason, message) once the Job controller has finished the Job."""
     for condition in (job.get("status") or {}).get("conditions") or []:
@@ -75,7 +65,7 @@ def count_unschedulable(pods: Iterable[Mapping[str, Any]]) -> int:
         for c in (pod.get("status") or {}).get("conditions") or []))
 
 
-@dataclass
+@dataclass(eq=False)  # an entry is its ResizeJob: compared by identity, never field by field
 class Entry:
     """One ResizeJob as the scheduler last saw it, with its Job."""
 
@@ -86,9 +76,9 @@ class Entry:
     checkpointed: dict[str, int] = field(default_factory=dict)  # checkpoint object -> images in it
     samples: collections.deque[tuple[float, int]] = field(default_factory=lambda: collections.deque(maxlen=64))
     progress_at: float = 0.0
+    position_at: float = 0.0  # when its queue position was last written
     # After we lower a Job's parallelism (or suspend it), its pods may exist unseen until the Job controller
     # reports on them: count the old parallelism until a Job status newer than our write shows they are gone.
-    position_at: float = 0.0  # when its queue position was last written
     draining_from: int = 0
     drain_version: int = 0
     drain_deadline: float = 0.0  # a Job whose status never moves (it had no pods) settles after DRAIN_SECONDS
@@ -171,7 +161,6 @@ class Scheduler:
         self.seeded = False
         self._cached: dict[str, tuple[float, int | None]] = {}
         self._unschedulable_cap: tuple[float, int] | None = None
-        self._ttl_deleted: set[str] = set()
 
     # -- the watch side ----------------------------------------------------------------------------
     def observe_resizejob(self, body: Mapping[str, Any], event_type: str | None) -> None:
@@ -240,20 +229,17 @@ class Scheduler:
                 rjs = await asyncio.to_thread(self.memo.custom.list_namespaced_custom_object, GROUP, VERSION,
                                               namespace, PLURAL)
                 jobs = await asyncio.to_thread(self.memo.batch.list_namespaced_job, namespace,
-                                               label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}")
+                                               label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}",
+                                               _preload_content=False)  # plain JSON: no model classes
             except Exception as error:  # noqa: BLE001 - not reachable yet
                 log.warning("cannot list ResizeJobs and Jobs yet: %s: %s", type(error).__name__, error)
                 await asyncio.sleep(2)
                 continue
+            # Through the watch side, which keeps whatever an event brought meanwhile if it is newer.
             for rj in rjs.get("items", []):
-                self.entries.setdefault(rj["metadata"]["uid"], Entry(rj))  # an event seen meanwhile is newer
-            api = self.memo.batch.api_client
-            for job in jobs.items:
-                raw = api.sanitize_for_serialization(job)
-                owners = [o for o in raw["metadata"].get("ownerReferences") or [] if o.get("kind") == "ResizeJob"]
-                entry = self.entries.get(owners[0]["uid"]) if owners else None
-                if entry is not None and entry.job is None:
-                    entry.job, entry.job_changed = raw, True
+                self.observe_resizejob(rj, None)
+            for job in json.loads(jobs.data).get("items", []):
+                self.observe_job(job, None)
             self.seeded = True
 
     async def tick(self) -> None:
@@ -284,10 +270,8 @@ class Scheduler:
         completed, failed = entry.indexes()
         counts = await asyncio.to_thread(self._collect, entry, completed, failed)
         update: dict[str, Any] = dict(counts)
-        inflight = self._inflight(entry, planning.expand_ranges(counts["countedIndexes"]))
-        total = int(entry.status.get("total") or 0)
-        done = counts["succeeded"] + counts["failed"]
-        update["progress"] = f"{min(total, done + inflight)}/{total}"
+        done = self._done(entry, counts["succeeded"], counts["failed"], counts["countedIndexes"])
+        update["progress"] = f"{done}/{entry.status.get('total') or 0}"
         finished = job_finished(job)
         events: list[tuple[str, str, str]] = []
         if finished is not None:
@@ -331,7 +315,7 @@ class Scheduler:
         kind, reason, job_message = finished
         total = int(entry.status.get("total") or 0)
         generation = entry.rj["metadata"].get("generation", 1)
-        now = now_text()
+        now = planning.timestamp()
         conditions = list(entry.status.get("conditions") or [])
         all_counted = counts["succeeded"] + counts["failed"] >= total
         if kind == "Complete" or (reason == "FailedIndexes" and all_counted):
@@ -355,18 +339,19 @@ class Scheduler:
                 "progress": f"{counts['succeeded'] + counts['failed']}/{total}"}
 
     # -- 2. progress image by image ------------------------------------------------------------------
-    def _inflight(self, entry: Entry, counted: set[int]) -> int:
-        """Images checkpointed by indexes whose results are not counted yet."""
-        return sum(n for key, n in entry.checkpointed.items() if _checkpoint_index(entry.work, key) not in counted)
+    def _done(self, entry: Entry, succeeded: int, failed: int, counted_indexes: str | None) -> int:
+        """Images done: those of counted indexes, and those checkpointed by indexes not counted yet."""
+        counted = planning.expand_ranges(counted_indexes)
+        inflight = sum(n for key, n in entry.checkpointed.items() if _checkpoint_index(entry.work, key) not in counted)
+        return min(int(entry.status.get("total") or 0), succeeded + failed + inflight)
 
     async def _progress(self, entry: Entry) -> None:
         entry.progress_at = time.monotonic()
         await asyncio.to_thread(self._read_checkpoints, entry)
         status = entry.status
         total = int(status.get("total") or 0)
-        counted = planning.expand_ranges(status.get("countedIndexes"))
-        done = min(total, int(status.get("succeeded") or 0) + int(status.get("failed") or 0)
-                   + self._inflight(entry, counted))
+        done = self._done(entry, int(status.get("succeeded") or 0), int(status.get("failed") or 0),
+                          status.get("countedIndexes"))
         now = time.monotonic()
         entry.samples.append((now, done))
         while entry.samples and now - entry.samples[0][0] > THROUGHPUT_WINDOW_SECONDS:
@@ -378,8 +363,7 @@ class Scheduler:
             eta = None
             if rate > 0:
                 seconds = (total - done) / rate
-                eta = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)).strftime(
-                    "%Y-%m-%dT%H:%M:%SZ")
+                eta = planning.timestamp(datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds))
             update["estimatedCompletionTime"] = eta
         await self.patch_status(entry, update)
 
@@ -394,9 +378,8 @@ class Scheduler:
     async def _expire(self, entry: Entry) -> None:
         ttl = entry.spec.get("ttlSecondsAfterFinished")
         ttl = self.config.ttl_seconds_after_finished if ttl is None else ttl
-        finished_at = _parse_time(entry.status.get("completionTime"))
-        uid = entry.rj["metadata"]["uid"]
-        if ttl is None or finished_at is None or uid in self._ttl_deleted:
+        finished_at = planning.parse_timestamp(entry.status.get("completionTime"))
+        if ttl is None or finished_at is None:
             return
         if datetime.datetime.now(datetime.UTC) < finished_at + datetime.timedelta(seconds=ttl):
             return
@@ -408,17 +391,19 @@ class Scheduler:
         except ApiException as error:
             if error.status != 404:
                 raise
-        self._ttl_deleted.add(uid)
+        # As the apiserver has marked it (its finalizer runs next), until the watch event says so too.
+        entry.rj["metadata"]["deletionTimestamp"] = planning.timestamp()
 
     # -- 4. sharing the budget -----------------------------------------------------------------------
     async def _schedule(self, entries: list[Entry]) -> None:
         for entry in entries:
             entry.settle()
-        runnable = [e for e in entries if not e.deleting and not e.spec.get("suspend") and e.demand() > 0
-                    and job_finished(e.job or {}) is None]
         held = [e for e in entries if e.deleting or e.spec.get("suspend")]
+        free = [e for e in entries if not (e.deleting or e.spec.get("suspend"))]
+        demands = {e: e.demand() for e in free if job_finished(e.job or {}) is None}
+        runnable = [e for e, demand in demands.items() if demand > 0]
         # Jobs with nothing left to start (finishing) keep the pods they have; the rest share what is left.
-        finishing = [e for e in entries if e not in runnable and e not in held]
+        finishing = [e for e in free if not demands.get(e)]
         in_use = sum(e.occupied() for e in self.entries.values() if e.job is not None)
         if not runnable and not held:
             self._publish(0, in_use, None)
@@ -426,7 +411,7 @@ class Scheduler:
         total_budget = await self.pod_budget(in_use)
         available = max(0, total_budget - sum(e.occupied() for e in finishing))
         shares = fairshare.share(available, [
-            fairshare.Demand(e.name, e.demand(), int(e.spec.get("priority") or 1),
+            fairshare.Demand(e.name, demands[e], int(e.spec.get("priority") or 1),
                              _created(e)) for e in runnable])
         targets = dict(shares.pods)
         staged = fairshare.stage(
@@ -465,7 +450,7 @@ class Scheduler:
                 time.monotonic() - entry.position_at < QUEUE_POSITION_REFRESH_SECONDS:
             return  # each admission moves every queued job up one: deep in the queue, say so less often
         generation = entry.rj["metadata"].get("generation", 1)
-        now = now_text()
+        now = planning.timestamp()
         conditions = list(entry.status.get("conditions") or [])
         suspended = bool(entry.spec.get("suspend"))
         if suspended:
@@ -633,7 +618,7 @@ def _is_ours(pod: Mapping[str, Any]) -> bool:
 
 
 def _created(entry: Entry) -> float:
-    created = _parse_time(entry.rj["metadata"].get("creationTimestamp"))
+    created = planning.parse_timestamp(entry.rj["metadata"].get("creationTimestamp"))
     return created.timestamp() if created else 0.0
 
 

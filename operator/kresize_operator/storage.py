@@ -10,7 +10,7 @@ from typing import Any
 from kresize_common import layout
 from kresize_common.records import ImageRef, ImageResult, ShardManifest, results_from_json
 from kresize_common.resizejob import ResizeJobSpec
-from kresize_common.s3 import ensure_bucket, get_json, get_json_or_none, put_json
+from kresize_common.s3 import ensure_bucket, get_json, get_json_or_none, put_json, remove_prefix
 from minio import Minio
 from minio.error import S3Error
 
@@ -122,20 +122,10 @@ def shard_records(
     return [ImageResult.failed(image.key, failed_reason) for image in shard.images]
 
 
-def _remove_prefix(client: Minio, bucket: str, prefix: str) -> int:
-    from minio.deleteobjects import DeleteObject
-
-    names = [o.object_name for o in client.list_objects(bucket, prefix=prefix, recursive=True) if o.object_name]
-    errors = list(client.remove_objects(bucket, (DeleteObject(name) for name in names)))
-    if errors:
-        raise RuntimeError(f"could not delete {len(errors)} objects under s3://{bucket}/{prefix}: {errors[0]}")
-    return len(names)
-
-
 def remove_job_files(client: Minio, config: OperatorSettings, *, work: str, outputs: dict[str, Any] | None) -> int:
     """Delete a job's work files (plan, shards, checkpoints, results) and, when `outputs` (status.results) is
     given, its variants. Returns how many objects were deleted. Blocking I/O; idempotent."""
-    removed = _remove_prefix(client, config.s3_bucket, work)
+    removed = remove_prefix(client, config.s3_bucket, work)
     if outputs and outputs.get("outputBucket") and outputs.get("outputPrefix"):
-        removed += _remove_prefix(client, outputs["outputBucket"], outputs["outputPrefix"])
+        removed += remove_prefix(client, outputs["outputBucket"], outputs["outputPrefix"])
     return removed

@@ -18,8 +18,8 @@ import kubernetes
 import pytest
 from conftest import CORPUS
 from harness.procs import wait_for
+from kresize_common.s3 import remove_prefix
 from kubernetes.client.exceptions import ApiException
-from minio.deleteobjects import DeleteObject
 from test_cluster import TERMINAL, delete_resizejob, wait_finished
 
 pytestmark = pytest.mark.e2e
@@ -68,13 +68,6 @@ def condition(status: dict, type_: str) -> dict:
 
 def objects(cluster, bucket: str, prefix: str) -> list[str]:
     return [o.object_name for o in cluster.s3.list_objects(bucket, prefix=prefix, recursive=True)]
-
-
-def remove_prefix(cluster, bucket: str, prefix: str) -> None:
-    names = objects(cluster, bucket, prefix)
-    errors = list(cluster.s3.remove_objects(bucket, (DeleteObject(n) for n in names)))
-    if errors:
-        raise RuntimeError(f"could not delete {len(errors)} objects under s3://{bucket}/{prefix}: {errors[0]}")
 
 
 def gone(read) -> bool:
@@ -127,8 +120,8 @@ def clean(cluster, name: str, outputs: dict) -> None:
     """Best effort after a test: the ResizeJob (its finalizer removes the work files), sources and variants."""
     try:
         delete_resizejob(cluster, name)
-        remove_prefix(cluster, cluster.bucket, f"e2e/{name}/")
-        remove_prefix(cluster, outputs.get("outputBucket") or cluster.bucket,
+        remove_prefix(cluster.s3, cluster.bucket, f"e2e/{name}/")
+        remove_prefix(cluster.s3, outputs.get("outputBucket") or cluster.bucket,
                       outputs.get("outputPrefix") or f"results/{cluster.namespace}/{name}/")
     except Exception as error:  # noqa: BLE001 - cleanup must not hide the test's own outcome
         warnings.warn(f"cleanup of {name} failed: {type(error).__name__}: {error}", stacklevel=2)
