@@ -62,7 +62,9 @@ def test_jobs_share_the_budget_queue_and_hand_pods_on_and_no_image_is_made_twice
     wait_for(lambda: [pods_given(platform, n) for n in ("share-a", "share-b")] == [1, 1], 60, interval=0.1,
              message="A and B at one pod each")
     create_resizejob(platform, "share-c", {**spec, "source": {"prefix": "samples/share-c/"}})
-    queued = wait_phase(platform, "share-c", {"Queued"}, 30)
+    # The Job is made Queued at creation; the scheduler then gives it a place in the queue.
+    queued = wait_for(lambda: (status := platform.resizejob("share-c").get("status") or {}).get("phase") == "Queued"
+                      and "queuePosition" in status and status, 30, message="share-c queued with a position")
     assert queued["queuePosition"] == 1 and queued["parallelism"] == 0
     assert condition(queued, "Admitted")["status"] == "False" and condition(queued, "Admitted")["reason"] == "Queued"
     assert platform.runner.running("share-c-resize") == []  # a queued job holds no pod
