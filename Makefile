@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/.tools/bin:$(CURDIR)/bin:$(PATH)
-COMPONENTS := ./common ./api ./operator ./resizer-image
+COMPONENTS := ./common ./api ./operator ./resizer-image ./cli
 PYTHON ?= python3
 
 .PHONY: help install tools test lint generate bench up down e2e clean
@@ -13,7 +13,8 @@ PYTHON ?= python3
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements-dev.txt common/pyproject.toml api/pyproject.toml operator/pyproject.toml resizer-image/pyproject.toml
+$(VENV)/.installed: requirements-dev.txt common/pyproject.toml api/pyproject.toml operator/pyproject.toml resizer-image/pyproject.toml \
+		cli/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check $(addprefix -e ,$(COMPONENTS)) -r requirements-dev.txt
@@ -40,6 +41,8 @@ generate: install tools ## regenerate derived files (chart CRD template, package
 bench: install tools ## resize throughput, latency and memory against references; API memory; the scheduler at scale
 	$(PY) bench/bench_resize.py
 	$(PY) bench/bench_api_memory.py
+	$(PY) bench/bench_api_status.py
+	$(PY) bench/bench_reuse.py
 	$(PY) bench/bench_scheduler.py
 
 up: ## kind cluster + images + chart + sample images + a sample job (needs Docker, Python)

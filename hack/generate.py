@@ -379,7 +379,7 @@ def _opt(value: Any, read: Callable[[Any], Any]) -> Any:
 # Class names for the objects of the schema, by their path (items of an array: the singular).
 TYPE_NAMES = {
     "spec": "ResizeJobSpec", "spec.source": "Source", "spec.targets[]": "Target", "spec.operations": "Operations",
-    "spec.output": "Output", "spec.retry": "Retry",
+    "spec.output": "Output", "spec.retry": "Retry", "spec.source.rejected[]": "RejectedFile",
     "spec.cleanup": "Cleanup", "status": "ResizeJobStatus", "status.results": "Results",
     "status.failures[]": "Failure", "status.conditions[]": "Condition",
 }

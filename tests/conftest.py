@@ -76,6 +76,7 @@ def chart_values(s3_endpoint: str, *, api_port: int = 8080, health_port: int = 8
                "publicEndpoint": f"http://{s3_endpoint}"},
         "minio": {"enabled": False},
         "api": {"port": api_port, "metricsPort": metrics_port,
+                "urls": {"allowedHosts": ["127.0.0.1"]},  # the tests' image server; other loopback names refused
                 # Not a chart value: a short Kubernetes timeout keeps the lost-response tests short.
                 "extraEnv": [{"name": "KRESIZE_KUBE_TIMEOUT_SECONDS", "value": "3"}]},
         "operator": {"healthPort": health_port, "maxPods": 2, "allowedBuckets": [ALLOWED_MISSING_BUCKET],

@@ -46,7 +46,9 @@ def test_tenants_see_only_their_own_jobs(platform):
         assert admin.get(f"/v1/jobs/{name}").status_code == 200
         for response in (bob.get(f"/v1/jobs/{name}"), bob.delete(f"/v1/jobs/{name}")):
             assert response.status_code == 404
-            assert response.json() == bob.get("/v1/jobs/no-such-job").json() | {"detail": f"no job named {name!r}"}
+            assert response.json() == {"error": {"status": 404, "message": f"no job named {name!r}", "details": [],
+                                                 "files": None}}
+            assert bob.get("/v1/jobs/no-such-job").json()["error"]["message"] == "no job named 'no-such-job'"
         assert platform.resizejob(name)  # bob's delete did nothing
         assert alice.delete(f"/v1/jobs/{name}").status_code == 202
         wait_for(lambda: name not in {j["metadata"]["name"] for j in platform.custom.list_namespaced_custom_object(

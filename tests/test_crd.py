@@ -34,7 +34,7 @@ def test_what_the_job_does_is_immutable_and_how_it_is_scheduled_is_not():
     immutable = {name for name, node in spec["properties"].items()
                  if {"rule": "self == oldSelf", "message": f"spec.{name} is immutable; create a new ResizeJob instead"}
                  in node.get("x-kubernetes-validations", [])}
-    assert immutable == {"source", "targets", "operations", "output", "parallelism", "retry"}
+    assert immutable == {"source", "targets", "operations", "output", "parallelism", "retry", "reuse"}
     assert set(immutable_spec_fields()) == immutable  # what the operator leaves out of kopf's diff base
     assert set(spec["properties"]) - immutable == {"priority", "suspend", "ttlSecondsAfterFinished", "cleanup"}
     # An optional field's transition rule does not see it added or removed: the spec's own rule does.

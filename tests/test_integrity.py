@@ -59,7 +59,7 @@ def test_failed_creates_never_delete_originals_others_use(platform, kube):
         responses = list(pool.map(submit, range(40)))
     codes = sorted(r.status_code for r in responses)
     assert codes == [202] * 20 + [503] * 20, codes
-    assert all("nothing was created" in r.json()["detail"] for r in responses if r.status_code == 503)
+    assert all("nothing was created" in r.json()["error"]["message"] for r in responses if r.status_code == 503)
     names = [r.json()["name"] for r in responses if r.status_code == 202]
     wait_for(lambda: all(phase(platform, n) in TERMINAL for n in names), 300, interval=1,
              message="the accepted jobs to finish")
@@ -130,6 +130,6 @@ def test_integer_valued_floats_in_targets_are_whole_numbers(platform):
         assert response.status_code == 202, response.text
         name = response.json()["name"]
         wait_for(lambda: phase(platform, name) in TERMINAL, 120, message=f"{name} to finish")
-        (entry,) = client.get(f"/v1/jobs/{name}").json()["files"]
-    assert entry["status"] == "succeeded", entry
+        (entry,) = client.get(f"/v1/jobs/{name}/files").json()["items"]
+    assert entry["state"] == "succeeded", entry
     assert (entry["outputs"][0]["width"], entry["outputs"][0]["height"]) == (10, 8)

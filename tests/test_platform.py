@@ -61,6 +61,18 @@ def upload(client: httpx.Client, paths: list[Path], **fields: str) -> httpx.Resp
     return client.post("/v1/jobs", files=files, data=fields)
 
 
+def all_files(client, name: str, **params) -> list[dict]:
+    """Every file of a job, page by page (GET /v1/jobs/{name}/files, following `next`)."""
+    items, cursor = [], None
+    while True:
+        page = client.get(f"/v1/jobs/{name}/files", params={**params, **({"cursor": cursor} if cursor else {})})
+        assert page.status_code == 200, page.text
+        items += page.json()["items"]
+        cursor = page.json()["next"]
+        if cursor is None:
+            return items
+
+
 def test_upload_to_status_with_good_and_bad_images(platform, corpus):
     good = sorted((corpus / "orientation").glob("*.jpg")) + sorted((corpus / "photos").glob("*.jpg"))
     bad = sorted((corpus / "bad").iterdir())
@@ -72,13 +84,17 @@ def test_upload_to_status_with_good_and_bad_images(platform, corpus):
         assert created["statusUrl"] == f"/v1/jobs/{name}"
         assert response.headers["location"] == created["statusUrl"]
         body = wait_finished(client, name)
+        files = all_files(client, name)
+        assert [f["index"] for f in files] == list(range(len(files)))
+        assert [f["filename"] for f in all_files(client, name, state="failed", limit=2)] == [
+            f["filename"] for f in files if f["state"] == "failed"]  # the filter, across pages
 
-    by_name = {f["filename"]: f for f in body["files"]}
+    by_name = {f["filename"]: f for f in files}
     assert set(by_name) == {p.name for p in good + bad}
     # The bad files fail one by one, with a reason; they never fail the job.
     for path in bad:
         record = by_name[path.name]
-        assert record["status"] == "failed" and record["error"], record
+        assert record["state"] == "failed" and record["error"], record
         assert record["outputs"] == []
     assert "empty" in by_name["empty.jpg"]["error"]
     assert "pixels" in by_name["decompression_bomb.gif"]["error"]
@@ -87,7 +103,7 @@ def test_upload_to_status_with_good_and_bad_images(platform, corpus):
     # Every good file: every variant in S3 with the exact size and format, reachable by its presigned URL.
     for path in good:
         record = by_name[path.name]
-        assert record["status"] == "succeeded", record
+        assert record["state"] == "succeeded" and record["reused"] is False, record
         width, height = oriented_size(path)
         assert [o["target"] for o in record["outputs"]] == [t["name"] for t in TARGETS]
         for target, output in zip(TARGETS, record["outputs"], strict=True):
@@ -106,17 +122,21 @@ def test_upload_to_status_with_good_and_bad_images(platform, corpus):
     # The ResizeJob tells the same story, bounded, with standard conditions.
     resizejob = platform.resizejob(name)
     status = resizejob["status"]
-    accepted = len(good) + 1  # the truncated JPEG reaches the resizer; the other 4 are rejected at upload
+    # The truncated JPEG reaches the resizer and fails there; the other 4 are refused at upload. Both count as
+    # failed, in the ResizeJob as in the API: one total, one phase.
+    total = len(good) + len(bad)
     assert body["phase"] == status["phase"] == "PartiallyFailed"
-    assert (status["total"], status["succeeded"], status["failed"]) == (accepted, len(good), 1)
-    assert status["progress"] == f"{accepted}/{accepted}"
+    assert (status["total"], status["succeeded"], status["failed"]) == (total, len(good), len(bad))
+    assert body["progress"] == {"total": total, "succeeded": len(good), "failed": len(bad), "reused": 0,
+                                "done": total}
+    assert status["progress"] == f"{total}/{total}"
     assert status["observedGeneration"] == resizejob["metadata"]["generation"]
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["Complete"]["status"] == "True" and conditions["Complete"]["reason"] == "PartiallyFailed"
     assert conditions["Progressing"]["status"] == "False"
-    failed_sources = {f["source"] for f in body["files"] if f["status"] == "failed" and f["source"]}
-    assert {f["source"] for f in status["failures"]} == failed_sources  # the truncated JPEG, by its key
-    assert len(status["failures"]) == 1 and all(f["reason"] for f in status["failures"])
+    failed = [f["source"] or f["filename"] for f in files if f["state"] == "failed"]
+    assert sorted(f["source"] for f in status["failures"]) == sorted(failed)  # by key, or by name if refused
+    assert len(status["failures"]) == len(bad) and all(f["reason"] for f in status["failures"])
     assert status["completionTime"] >= status["startTime"]
 
     events = platform.core.list_namespaced_event(NAMESPACE, field_selector=f"involvedObject.name={name}").items

@@ -13,8 +13,8 @@ from harness.procs import free_port, wait_for
 from harness.s3 import S3Server
 from harness.sandbox import IMAGE_ENV, pod_argv, terminate
 from kresize_common import layout
-from kresize_common.records import PodEnv
-from kresize_common.s3 import ensure_bucket, object_exists, put_json
+from kresize_common.records import PodEnv, heartbeat_is_fresh
+from kresize_common.s3 import ensure_bucket, get_json_or_none, object_exists, put_json
 from PIL import Image
 
 WORK = "jobs/test/worker/uid-1/"
@@ -61,6 +61,7 @@ def test_a_shard_with_good_bad_and_missing_images(s3_server, shard):
         assert image.size == (64, 64) and image.format == "PNG"
     assert records["w/in/bad.jpg"]["status"] == "failed" and "not an image" in records["w/in/bad.jpg"]["error"]
     assert "not found" in records["w/in/gone.jpg"]["error"]
+    assert not object_exists(shard, BUCKET, layout.heartbeat_key(WORK, 0))  # deleted once the results are written
     # A retried pod finds its results and does nothing again.
     again = run_pod(s3_server, 0)
     assert again.returncode == 0 and "already done" in again.stderr
@@ -206,9 +207,12 @@ def test_a_stopped_pod_checkpoints_and_its_retry_redoes_no_finished_image(s3_ser
                                start_new_session=True)
     wait_for(lambda: list(client.list_objects(BUCKET, prefix=layout.checkpoints_prefix(work, 0))), 120,
              interval=0.05, message="the first checkpoint")
+    # The pod works on the index, and says so.
+    assert heartbeat_is_fresh(get_json_or_none(client, BUCKET, layout.heartbeat_key(work, 0)), time.time())
     terminate(pod.pid)
     assert pod.wait(60) == PodEnv.STOPPED_EXIT_CODE, log.read_text()
     assert not object_exists(client, BUCKET, layout.results_key(work, 0))
+    assert not object_exists(client, BUCKET, layout.heartbeat_key(work, 0))  # stopped: no one works on it
     checkpointed = {r["source"] for o in client.list_objects(BUCKET, prefix=layout.checkpoints_prefix(work, 0))
                     for r in json.loads(client.get_object(BUCKET, o.object_name).read())}
     assert 0 < len(checkpointed) < len(images)
@@ -218,6 +222,7 @@ def test_a_stopped_pod_checkpoints_and_its_retry_redoes_no_finished_image(s3_ser
                            timeout=300)
     assert again.returncode == 0, again.stderr
     assert f"{len(checkpointed)} of {len(images)} images were finished by an earlier attempt" in again.stderr
+    assert not object_exists(client, BUCKET, layout.heartbeat_key(work, 0))
     records = json.loads(client.get_object(BUCKET, layout.results_key(work, 0)).read())
     assert [r["source"] for r in records] == [i["key"] for i in images]  # every image, in shard order
     assert all(r["status"] == "succeeded" for r in records)
@@ -226,3 +231,56 @@ def test_a_stopped_pod_checkpoints_and_its_retry_redoes_no_finished_image(s3_ser
             (output,) = record["outputs"]
             stat = client.stat_object(BUCKET, output["path"])
             assert stat.last_modified == made[output["path"]], output["path"]
+
+
+def test_the_heartbeat_is_there_while_a_shard_is_worked_on_and_gone_after(s3_server, corpus, tmp_path):
+    """Written before the first image, renewed while the pod works (by its own clock, not per image), deleted
+    when the shard ends; what a reader sees is fresh all along."""
+    from kresize_common.config import ImageLimits
+    from kresize_common.records import ShardManifest
+    from kresize_resizer.worker import Heartbeat, process_shard
+
+    client = s3_server.client()
+    ensure_bucket(client, BUCKET)
+    work = f"jobs/test/beat/{tmp_path.name}/"
+    photos = sorted((corpus / "photos").glob("*.jpg"))[:3]
+    for path in photos:
+        client.fput_object(BUCKET, f"{work}in/{path.name}", str(path))
+    shard = ShardManifest.from_json({
+        "index": 2, "sourceBucket": BUCKET, "outputBucket": BUCKET, "outputPrefix": f"{work}out/", "operations": {},
+        "targets": [{"name": "t", "width": 32, "format": "png"}],
+        "images": [{"key": f"{work}in/{p.name}", "id": p.stem} for p in photos]})
+    key = layout.heartbeat_key(work, 2)
+    assert key == f"{work}active/00002.json"
+    seen: list[float] = []
+
+    def on_result(_record) -> None:
+        raw = get_json_or_none(client, BUCKET, key)
+        assert heartbeat_is_fresh(raw, time.time()), raw
+        seen.append(raw["at"])
+        time.sleep(0.3)  # longer than the beat interval: the next image sees a newer beat
+
+    heartbeat = Heartbeat(client, BUCKET, work, 2, interval=0.1)
+    heartbeat.start()
+    try:
+        records = process_shard(client, shard, ImageLimits(), on_result=on_result)
+    finally:
+        heartbeat.stop()
+    assert [r.status for r in records] == ["succeeded"] * 3
+    assert len(seen) == 3 and seen == sorted(seen) and seen[0] < seen[-1]
+    assert not object_exists(client, BUCKET, key)
+    heartbeat.beat()  # a late beat (the thread's, racing the stop) never brings it back
+    assert not object_exists(client, BUCKET, key)
+
+
+def test_an_unreachable_s3_never_fails_the_heartbeat(s3_server, caplog):
+    import urllib3
+    from kresize_resizer.worker import Heartbeat
+    from minio import Minio
+
+    client = Minio(f"127.0.0.1:{free_port()}", access_key="a", secret_key="b", secure=False, region="us-east-1",
+                   http_client=urllib3.PoolManager(retries=urllib3.Retry(total=0)))
+    heartbeat = Heartbeat(client, BUCKET, "jobs/test/nowhere/uid/", 0, interval=0.05)
+    heartbeat.start()  # logged, not raised
+    heartbeat.stop()
+    assert "could not write the heartbeat" in caplog.text and "could not delete the heartbeat" in caplog.text

@@ -10,6 +10,7 @@ import uvicorn
 from kresize_common import logs
 from kresize_common.typed_settings import load
 
+from .auth import RedactQueryTokens
 from .settings import ApiSettings
 
 
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=settings.api_port)
     args = parser.parse_args(argv)
     logs.setup(settings.log_format)
+    logging.getLogger("uvicorn.access").addFilter(RedactQueryTokens())
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port)
     from .app import create_app  # after logging is set up: the app logs while it is made

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kresize_common.spec import TENANT_LABEL
+
 log = logging.getLogger("kresize.api.auth")
 
 TOKENS_DIR = "/var/run/secrets/kresize.dev/api-tokens"
@@ -38,7 +40,6 @@ class Principal:
         return self.admin or (labels or {}).get(TENANT_LABEL) == self.tenant
 
 
-TENANT_LABEL = "kresize.dev/tenant"
 ANONYMOUS_ADMIN = Principal("anonymous", admin=True)  # KRESIZE_AUTH=none: local development only
 
 
@@ -98,3 +99,18 @@ class TokenStore:
             if hmac.compare_digest(given, digest):
                 tenant = name
         return None if tenant is None else Principal(tenant, admin=tenant in self.admins)
+
+
+_QUERY_TOKEN = re.compile(r"(access_token=)[^&\s\"]*")
+
+
+class RedactQueryTokens(logging.Filter):
+    """Browsers' EventSource sends its token in the query (?access_token=): keep it out of the access log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_QUERY_TOKEN.sub(r"\1REDACTED", a) if isinstance(a, str) else a
+                                for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = _QUERY_TOKEN.sub(r"\1REDACTED", record.msg)
+        return True

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import datetime
 import secrets
 from typing import Any, cast
 
 import kubernetes
 from kresize_common import layout
-from kresize_common.records import ImageResult, UploadedFile, UploadRecord, results_from_json
-from kresize_common.resizejob import Results
-from kresize_common.s3 import get_json, get_json_or_none, put_json
+from kresize_common.records import UploadedFile, UploadRecord
+from kresize_common.s3 import put_json
 from kresize_common.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from minio import Minio
 
@@ -69,58 +67,27 @@ def save_upload_record(s3: Minio, bucket: str, namespace: str, name: str, record
 
 
 def summary(job: dict[str, Any]) -> dict[str, Any]:
+    """What every client shows of a job, from the ResizeJob alone (never its files): its status counts the files
+    refused at upload as failed, so this, `kubectl get rj` and the CLI agree."""
     meta, status = job.get("metadata", {}), job.get("status") or {}
     total, succeeded, failed = status.get("total", 0), status.get("succeeded", 0), status.get("failed", 0)
+    done = _done(status.get("progress"), succeeded + failed)
     return {
         "name": meta.get("name"),
         "phase": status.get("phase", "Pending"),
-        "progress": {"total": total, "succeeded": succeeded, "failed": failed, "done": succeeded + failed},
+        "progress": {"total": total, "succeeded": succeeded, "failed": failed, "reused": status.get("reused", 0),
+                     "done": done},
+        "imagesPerSecond": status.get("imagesPerSecond"),
+        "estimatedCompletionTime": status.get("estimatedCompletionTime"),
+        "queuePosition": status.get("queuePosition"),
+        "targets": [t.get("name") for t in (job.get("spec") or {}).get("targets") or []],
         "createdAt": meta.get("creationTimestamp"),
         "completionTime": status.get("completionTime"),
     }
 
 
-def result_records(s3: Minio, job: dict[str, Any]) -> dict[str, ImageResult]:
-    """Per-image result records written so far, by source key."""
-    raw = (job.get("status") or {}).get("results")
-    if not raw or not raw.get("prefix"):
-        return {}
-    pointer = Results.from_dict(raw)
-    assert pointer.bucket is not None and pointer.prefix is not None
-    records: dict[str, ImageResult] = {}
-    for obj in s3.list_objects(pointer.bucket, prefix=pointer.prefix, recursive=True):
-        if obj.object_name:
-            records.update((r.source, r) for r in results_from_json(get_json(s3, pointer.bucket, obj.object_name)))
-    return records
-
-
-def file_states(
-    s3: Minio, public_s3: Minio, job: dict[str, Any], namespace: str, bucket: str, expiry: int,
-) -> list[dict[str, Any]]:
-    """Every file of the job with its state and results; download URLs presigned for the public endpoint."""
-    records = result_records(s3, job)
-    status = job.get("status") or {}
-    output_bucket = (status.get("results") or {}).get("outputBucket", bucket)
-    raw = get_json_or_none(s3, bucket, layout.upload_record_key(namespace, job["metadata"]["name"]))
-    # A job made with kubectl has no upload record: its files are what the resizer reported.
-    entries = UploadRecord.from_json(raw).files if raw else tuple(
-        UploadedFile(filename="", bytes=0, sha256="", error=None, source=key) for key in sorted(records))
-    finished = status.get("phase") in ("Succeeded", "PartiallyFailed", "Failed")
-    files = []
-    for entry in entries:
-        state: dict[str, Any] = {"filename": entry.filename or None, "source": entry.source}
-        record = records.get(entry.source or "")
-        if entry.error:
-            state.update(status="failed", error=f"rejected at upload: {entry.error}", outputs=[])
-        elif record is None:
-            state.update(status="failed" if finished else "pending",
-                         error="not processed" if finished else None, outputs=[])
-        else:
-            outputs = [
-                {**out.to_json(), "url": public_s3.presigned_get_object(
-                    output_bucket, out.path, expires=datetime.timedelta(seconds=expiry))}
-                for out in record.outputs
-            ]
-            state.update(status=record.status, error=record.error, outputs=outputs)
-        files.append(state)
-    return files
+def _done(progress: str | None, counted: int) -> int:
+    """Images done: the operator's `done/total` (it counts checkpointed images, image by image), never less than
+    what finished shards counted."""
+    head = (progress or "").split("/", 1)[0]
+    return max(counted, int(head)) if head.isdigit() else counted

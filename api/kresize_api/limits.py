@@ -21,8 +21,9 @@ class BodyLimit:
         self.app, self.max_bytes = app, max_bytes
 
     def _refusal(self, size: str) -> dict[str, Any]:
-        return {"detail": f"request of {size} bytes exceeds the limit of {self.max_bytes} bytes "
-                          "(KRESIZE_MAX_REQUEST_BYTES); split the upload into several jobs"}
+        message = (f"request of {size} bytes exceeds the limit of {self.max_bytes} bytes "
+                   "(KRESIZE_MAX_REQUEST_BYTES); split the upload into several jobs")
+        return {"error": {"status": 413, "message": message, "details": [], "files": None}}  # errors.py's shape
 
     async def _send_413(self, send: Send, size: str) -> None:
         body = json.dumps(self._refusal(size)).encode()

@@ -25,6 +25,12 @@ class ApiSettings(CommonSettings):
     auth: Literal["token", "none"] = "token"  # none: local development only
     auth_tokens_dir: str = TOKENS_DIR
     admin_tenants: str = "admin"  # comma-separated
+    events_poll_seconds: float = Field(1.0, gt=0, le=60)  # how often a watched running job's files are read
+    events_ping_seconds: float = Field(15.0, gt=0, le=300)  # SSE heartbeats, so proxies keep the stream open
+    url_timeout_seconds: float = Field(20.0, gt=0, le=300)  # fetching one image URL, whole
+    url_max_redirects: NonNegativeInt = 3
+    # Hosts or CIDRs the URL fetcher may reach although they are private (an internal image server); comma-separated.
+    url_allowed_hosts: str = ""
 
     @property
     def admins(self) -> frozenset[str]:

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 
 from kresize_common.config import ImageLimits
 from kresize_common.formats import ACCEPTED_NAMES, INPUTS
-from kresize_common.spec import SpecError, normalize_spec
+from kresize_common.spec import SpecError, normalize_spec, spec_schema
 from PIL import Image, UnidentifiedImageError
 
 
@@ -84,8 +84,8 @@ def inspect_upload(filename: str | None, data: bytes | BinaryIO, limits: ImageLi
 
 
 _TARGET_FIELDS = ("name", "width", "height", "fit", "format", "quality", "upscale", "background")
-_INT_FIELDS = {"width", "height", "quality", "parallelism"}
-_BOOL_FIELDS = {"upscale", "grayscale"}
+_INT_FIELDS = {"width", "height", "quality", "parallelism", "priority"}
+_BOOL_FIELDS = {"upscale", "grayscale", "reuse"}
 _FLOAT_FIELDS = {"blur", "sharpen"}
 
 
@@ -121,6 +121,55 @@ def _parse_targets(raw: str) -> Any:
         raise SpecError([f"targets: not valid JSON: {error}"]) from None
 
 
+FORM_FIELDS = frozenset({*_TARGET_FIELDS, "targets", "grayscale", "blur", "sharpen", "parallelism", "priority",
+                         "reuse", "urls"})
+FILE_FIELD = "files"
+
+
+def unknown_fields(names: set[str]) -> list[str]:
+    """Form fields the API does not know: refused, so a misspelled `widht` is not silently ignored."""
+    return [f"{name}: unknown field; the fields are {', '.join(sorted(FORM_FIELDS | {FILE_FIELD}))}"
+            for name in sorted(names - FORM_FIELDS - {FILE_FIELD})]
+
+
+def form_schema() -> dict[str, Any]:
+    """The multipart body of POST /v1/jobs as OpenAPI, its types, ranges and defaults taken from the CRD's
+    schema (the one source of truth), so Swagger's "Try it out" can upload."""
+    spec = spec_schema()["properties"]
+    target = spec["targets"]["items"]["properties"]
+    operations = spec["operations"]["properties"]
+
+    def field(schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+        keep = {k: v for k, v in schema.items() if k in (
+            "type", "minimum", "maximum", "enum", "default", "pattern", "maxLength", "minLength", "description")}
+        return {**keep, "description": description or keep.get("description", "")}
+
+    properties: dict[str, Any] = {
+        FILE_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"},
+                     "description": "The images (repeat the field). JPEG, PNG, WebP, GIF, TIFF, BMP, AVIF."},
+        "urls": {"type": "array", "items": {"type": "string", "format": "uri"},
+                 "description": "Images to fetch by URL (repeat the field, or one per line)."},
+        "targets": {"type": "string", "description": (
+            'The variants as a JSON list of targets, as in the ResizeJob\'s spec.targets, e.g. '
+            '[{"name": "thumb", "width": 320, "height": 320, "fit": "cover", "format": "webp"}]. '
+            "Or give the fields of one target instead.")},
+    }
+    for name in _TARGET_FIELDS:
+        properties[name] = field(target[name], f"One target: {target[name].get('description', name)}")
+    for name in ("grayscale", "blur", "sharpen"):
+        properties[name] = field(operations[name])
+    for name in ("parallelism", "priority", "reuse"):
+        properties[name] = field(spec[name])
+    return {"content": {"multipart/form-data": {"schema": {
+        "type": "object", "properties": properties, "additionalProperties": False}},
+        "application/json": {"schema": {
+            "type": "object", "required": ["urls"], "additionalProperties": False,
+            "properties": {**{k: v for k, v in properties.items() if k != FILE_FIELD},
+                           "targets": {"type": "array", "items": {"type": "object"},
+                                       "description": "The variants, as in spec.targets."}}}}},
+        "required": True}
+
+
 def spec_from_form(form: dict[str, str], limits: ImageLimits | None = None) -> dict[str, Any]:
     """The resize parameters of a request: either `targets` (a JSON list of targets, as in the CRD),
     or the fields of one target (`width`, `height`, `fit`, `format`, `quality`, `upscale`, `background`,
@@ -140,8 +189,9 @@ def spec_from_form(form: dict[str, str], limits: ImageLimits | None = None) -> d
     operations = {f: _coerce(f, form[f]) for f in ("grayscale", "blur", "sharpen") if form.get(f)}
     if operations:
         spec["operations"] = operations
-    if form.get("parallelism"):
-        spec["parallelism"] = _coerce("parallelism", form["parallelism"])
+    for name in ("parallelism", "priority", "reuse"):
+        if form.get(name):
+            spec[name] = _coerce(name, form[name])
     checked = normalize_spec({**spec, "source": {"prefix": "x/"}})
     checked.pop("source")
     errors = (limits or ImageLimits()).output_errors(checked["targets"])

@@ -6,6 +6,11 @@
     jobs/<namespace>/<job>/<uid>/shards/<i>.json  the images and settings of Job index i
     jobs/<namespace>/<job>/<uid>/checkpoints/<i>/<n>.json  records of index i's images as they finish (batches)
     jobs/<namespace>/<job>/<uid>/results/<i>.json the per-image result records of index i
+    jobs/<namespace>/<job>/<uid>/active/<i>.json  index i's heartbeat, {"at": <unix time>}: present while a pod
+                                                  works on it (renewed at least every 5 s), deleted when it stops
+    cache/<scope>/<identity>.json                 the result cache: where the variants of one content (identity:
+                                                  `sha256-<hex>` or `etag-<etag>`, within a namespace and tenant)
+                                                  are, by parameters hash (records.CacheEntry; parts: cache.py)
     <output prefix><image id>/<target>.<ext>      the variants (default prefix results/<namespace>/<job>/)
 
 Keys are object names, never file paths: nothing here touches a filesystem.
@@ -43,13 +48,37 @@ def results_key(work: str, index: int) -> str:
     return f"{results_prefix(work)}{index:05d}.json"
 
 
+def checkpoints_root(work: str) -> str:
+    """Where the checkpoints of every index are."""
+    return f"{work}checkpoints/"
+
+
 def checkpoints_prefix(work: str, index: int) -> str:
-    return f"{work}checkpoints/{index:05d}/"
+    return f"{checkpoints_root(work)}{index:05d}/"
 
 
 def checkpoint_key(work: str, index: int, batch: int) -> str:
-    """A batch of per-image result records of index `index`, written while its pod works."""
+    """A batch of per-image result records of index `index`, written while its pod works; batch 0 may be the
+    operator's, with the records of the images it reused (its pods treat them as finished)."""
     return f"{checkpoints_prefix(work, index)}{batch:05d}.json"
+
+
+def heartbeats_prefix(work: str) -> str:
+    return f"{work}active/"
+
+
+def heartbeat_key(work: str, index: int) -> str:
+    """Index `index`'s heartbeat: present, and recent, while a pod works on it."""
+    return f"{heartbeats_prefix(work)}{index:05d}.json"
+
+
+CACHE_PREFIX = "cache/"
+
+
+def cache_key(identity: str) -> str:
+    """The result cache's entry for one image content: its variants by parameters (see cache.py). One object
+    an image, so a job's planning asks S3 once per image, whatever its number of targets."""
+    return f"{CACHE_PREFIX}{identity}.json"
 
 
 def default_output_prefix(namespace: str, name: str) -> str:

@@ -3,11 +3,19 @@
 - `ShardManifest` (+ `ImageRef`), at `jobs/<ns>/<job>/<uid>/shards/<i>.json`: built by the operator
   (storage.ensure_plan), read by the resizer (worker).
 - `ImageResult` (+ `Variant`), a list at `jobs/.../results/<i>.json` (and `results.json` locally), and in
-  batches at `jobs/.../checkpoints/<i>/<n>.json` while a pod works: built by the resizer (worker, local), read
-  by the resizer's next attempt (worker.Checkpointer), the operator (storage.shard_records) and the API
-  (jobs.result_records).
+  batches at `jobs/.../checkpoints/<i>/<n>.json` while a pod works: built by the resizer (worker, local) and,
+  for images whose variants were reused from an earlier job (`reused`, in checkpoint batch 0), by the operator
+  (reuse.py, storage.ensure_plan); read by the resizer's next attempt (worker.Checkpointer), the operator
+  (storage.shard_records) and the API (files.FileReader).
+- `CacheEntry` (+ `CachedVariant`), at `cache/<identity>.json` (layout.cache_key; identity and parameter hashes
+  from cache.py): the variants made before of one image content, by the hash of their parameters, for reuse by
+  a later job: built by the resizer (worker) after an image's variants are all uploaded (merged into what the
+  entry held), read by the operator (reuse.reuse_variants), which copies the variants instead of making them.
+- The shard heartbeat, at `jobs/.../active/<i>.json`: `{"at": <unix time>}` while a pod works on index i,
+  deleted when it stops: built by the resizer (worker.Heartbeat, `heartbeat_json`), read by whoever shows a
+  file as being worked on (`heartbeat_is_fresh`).
 - `UploadRecord` (+ `UploadedFile`), at `uploads/<ns>/<job>.json`: built by the API (jobs.upload_record), read
-  by the API (jobs.file_states) and the operator's collector (gc).
+  by the API (files.FileReader) and the operator's collector (gc).
 - The plan, at `jobs/.../plan.json`: the operator's, for itself after a restart (planning.ShardPlan).
 - The results pointer, the ResizeJob's `status.results`: written by the operator, read by the API; typed as
   `resizejob.Results` (generated from the CRD, like the whole spec and status).
@@ -21,6 +29,7 @@ is stored, `from_json` reads it back; renaming a field means changing it here, o
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,12 +59,15 @@ class ShardManifest:
     targets: tuple[dict[str, Any], ...]  # as the apiserver stores them (the CRD's defaults applied)
     operations: dict[str, Any]
     images: tuple[ImageRef, ...]
+    # Whose result cache the shard's images go into (cache.scoped_identity): a job reuses only what its own tenant
+    # (or, for kubectl jobs, its namespace) made, so reuse tells no one what another tenant has processed.
+    cache_scope: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "index": self.index, "sourceBucket": self.source_bucket, "outputBucket": self.output_bucket,
             "outputPrefix": self.output_prefix, "targets": list(self.targets), "operations": self.operations,
-            "images": [image.to_json() for image in self.images],
+            "images": [image.to_json() for image in self.images], "cacheScope": self.cache_scope,
         }
 
     @classmethod
@@ -63,7 +75,7 @@ class ShardManifest:
         return cls(
             index=raw["index"], source_bucket=raw["sourceBucket"], output_bucket=raw["outputBucket"],
             output_prefix=raw["outputPrefix"], targets=tuple(raw["targets"]), operations=raw.get("operations") or {},
-            images=tuple(ImageRef.from_json(image) for image in raw["images"]),
+            images=tuple(ImageRef.from_json(image) for image in raw["images"]), cache_scope=raw.get("cacheScope", ""),
         )
 
 
@@ -97,6 +109,9 @@ class ImageResult:
     error: str | None = None
     outputs: tuple[Variant, ...] = ()
     seconds: float = 0.0  # time to download, render and upload it (the operator's duration metrics)
+    # Its variants were copied from an earlier job's (same content, same target parameters), not made again.
+    # Stored only when true, so records written before it existed, and every made image's, read the same.
+    reused: bool = False
 
     @classmethod
     def succeeded(cls, source: str, outputs: list[Variant] | tuple[Variant, ...], seconds: float = 0.0,
@@ -108,14 +123,18 @@ class ImageResult:
         return cls(source, "failed", error or "unknown error", (), seconds)
 
     def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "status": self.status, "error": self.error,
-                "outputs": [variant.to_json() for variant in self.outputs], "seconds": round(self.seconds, 4)}
+        stored: dict[str, Any] = {
+            "source": self.source, "status": self.status, "error": self.error,
+            "outputs": [variant.to_json() for variant in self.outputs], "seconds": round(self.seconds, 4)}
+        if self.reused:
+            stored["reused"] = True
+        return stored
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> ImageResult:
         return cls(source=raw["source"], status=raw["status"], error=raw.get("error"),
                    outputs=tuple(Variant.from_json(v) for v in raw.get("outputs") or []),
-                   seconds=float(raw.get("seconds") or 0.0))
+                   seconds=float(raw.get("seconds") or 0.0), reused=raw.get("reused") is True)
 
 
 def results_to_json(results: list[ImageResult]) -> list[dict[str, Any]]:
@@ -124,6 +143,61 @@ def results_to_json(results: list[ImageResult]) -> list[dict[str, Any]]:
 
 def results_from_json(raw: list[Mapping[str, Any]]) -> list[ImageResult]:
     return [ImageResult.from_json(item) for item in raw]
+
+
+@dataclass(frozen=True)
+class CachedVariant:
+    """A variant made before, where it is and what it is: the result cache's entry for one image (by content)
+    and one target (by parameters). `etag` is the variant's as its upload returned it: it is copied only if it
+    still has that ETag, so a variant overwritten since (same key, other parameters) is never reused."""
+
+    bucket: str
+    path: str  # its object key in `bucket`
+    width: int
+    height: int
+    format: str  # jpeg | png | webp | avif
+    bytes: int
+    etag: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bucket": self.bucket, "path": self.path, "width": self.width, "height": self.height,
+                "format": self.format, "bytes": self.bytes, "etag": self.etag}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> CachedVariant:
+        return cls(bucket=raw["bucket"], path=raw["path"], width=raw["width"], height=raw["height"],
+                   format=raw["format"], bytes=raw["bytes"], etag=raw["etag"])
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One image content's variants made before, by the hash of their target parameters and operations."""
+
+    variants: dict[str, CachedVariant]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"variants": {digest: variant.to_json() for digest, variant in self.variants.items()}}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> CacheEntry:
+        return cls({digest: CachedVariant.from_json(variant) for digest, variant in raw["variants"].items()})
+
+
+def heartbeat_json(at: float) -> dict[str, Any]:
+    """The shard heartbeat's content: when (unix time) its pod last said it was working."""
+    return {"at": at}
+
+
+def heartbeat_is_fresh(raw: Mapping[str, Any] | None, now: float, max_age: float = 30.0) -> bool:
+    """Whether a heartbeat (as read, None when there is none) says its pod is working at `now`. A pod beats at
+    least every 5 s, so 30 s of silence means it is gone (killed before it could delete it). A time as far in
+    the future counts as fresh (clocks of pod and reader differ a little), a farther one does not."""
+    if not raw:
+        return False
+    at = raw.get("at")
+    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+        return False
+    return abs(now - at) <= max_age
 
 
 @dataclass(frozen=True)

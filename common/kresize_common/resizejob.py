@@ -26,12 +26,34 @@ def _opt(value: Any, read: Callable[[Any], Any]) -> Any:
 
 
 @dataclass(frozen=True)
+class RejectedFile:
+    """One refused file."""
+
+    filename: str
+    reason: str
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> RejectedFile:
+        return cls(
+            filename=raw["filename"],
+            reason=raw["reason"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        out["filename"] = self.filename
+        out["reason"] = self.reason
+        return out
+
+
+@dataclass(frozen=True)
 class Source:
     """The original images."""
 
     bucket: str | None = None
     prefix: str | None = None
     keys: tuple[str, ...] | None = None
+    rejected: tuple[RejectedFile, ...] | None = None
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Source:
@@ -39,6 +61,7 @@ class Source:
             bucket=raw.get("bucket"),
             prefix=raw.get("prefix"),
             keys=_opt(raw.get("keys"), tuple),
+            rejected=_opt(raw.get("rejected"), lambda v: tuple(RejectedFile.from_dict(item) for item in v)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -49,6 +72,8 @@ class Source:
             out["prefix"] = self.prefix
         if self.keys is not None:
             out["keys"] = list(self.keys)
+        if self.rejected is not None:
+            out["rejected"] = [item.to_dict() for item in self.rejected]
         return out
 
 
@@ -191,6 +216,7 @@ class ResizeJobSpec:
     targets: tuple[Target, ...]
     operations: Operations
     parallelism: int
+    reuse: bool
     priority: int
     suspend: bool
     cleanup: Cleanup
@@ -205,6 +231,7 @@ class ResizeJobSpec:
             targets=tuple(Target.from_dict(item) for item in raw["targets"]),
             operations=Operations.from_dict(raw["operations"]),
             parallelism=_int(raw["parallelism"]),
+            reuse=raw["reuse"],
             priority=_int(raw["priority"]),
             suspend=raw["suspend"],
             cleanup=Cleanup.from_dict(raw["cleanup"]),
@@ -219,6 +246,7 @@ class ResizeJobSpec:
         out["targets"] = [item.to_dict() for item in self.targets]
         out["operations"] = self.operations.to_dict()
         out["parallelism"] = self.parallelism
+        out["reuse"] = self.reuse
         out["priority"] = self.priority
         out["suspend"] = self.suspend
         out["cleanup"] = self.cleanup.to_dict()
@@ -331,6 +359,7 @@ class ResizeJobStatus:
     total: int | None = None
     succeeded: int | None = None
     failed: int | None = None
+    reused: int | None = None
     shards: int | None = None
     shard_size: int | None = None
     counted_indexes: str | None = None
@@ -354,6 +383,7 @@ class ResizeJobStatus:
             total=_opt(raw.get("total"), _int),
             succeeded=_opt(raw.get("succeeded"), _int),
             failed=_opt(raw.get("failed"), _int),
+            reused=_opt(raw.get("reused"), _int),
             shards=_opt(raw.get("shards"), _int),
             shard_size=_opt(raw.get("shardSize"), _int),
             counted_indexes=raw.get("countedIndexes"),
@@ -383,6 +413,8 @@ class ResizeJobStatus:
             out["succeeded"] = self.succeeded
         if self.failed is not None:
             out["failed"] = self.failed
+        if self.reused is not None:
+            out["reused"] = self.reused
         if self.shards is not None:
             out["shards"] = self.shards
         if self.shard_size is not None:

@@ -22,6 +22,7 @@ VERSION = "v1alpha1"
 PLURAL = "resizejobs"
 KIND = "ResizeJob"
 API_VERSION = f"{GROUP}/{VERSION}"
+TENANT_LABEL = f"{GROUP}/tenant"  # set by the API on the ResizeJobs it creates: whose job it is
 
 
 class SpecError(ValueError):

@@ -26,10 +26,19 @@ from typing import Any, cast
 import kopf
 import kubernetes
 from kresize_common import layout
+from kresize_common.cache import cache_scope
 from kresize_common.kube import kube_client
 from kresize_common.resizejob import ResizeJobSpec
 from kresize_common.s3 import make_client
-from kresize_common.spec import GROUP, PLURAL, VERSION, SpecError, immutable_spec_fields, normalize_spec
+from kresize_common.spec import (
+    GROUP,
+    PLURAL,
+    TENANT_LABEL,
+    VERSION,
+    SpecError,
+    immutable_spec_fields,
+    normalize_spec,
+)
 from kubernetes.client.exceptions import ApiException
 
 from . import gc, metrics, planning, policy, storage
@@ -165,7 +174,7 @@ class Invalid(Exception):
 
 
 async def plan_work(memo: kopf.Memo, spec: Mapping[str, Any], name: str, namespace: str,
-                    uid: str) -> tuple[dict[str, Any], Placement, ShardPlan]:
+                    uid: str, tenant: str | None = None) -> tuple[dict[str, Any], Placement, ShardPlan]:
     """Validate the spec and the storage policy, and write (or find) the work plan in S3. Raises Invalid."""
     config: OperatorSettings = memo.config
     try:
@@ -182,18 +191,23 @@ async def plan_work(memo: kopf.Memo, spec: Mapping[str, Any], name: str, namespa
         raise Invalid("Forbidden", str(error)) from None
     work = layout.work_prefix(namespace, name, uid)
     try:
-        plan = await asyncio.to_thread(ensure_plan, memo.s3, config, work, normalized, placement)
+        plan = await asyncio.to_thread(ensure_plan, memo.s3, config, work, normalized, placement,
+                                       cache_scope(namespace, tenant))
     except PermanentSourceError as error:
         raise Invalid("SourceNotFound", str(error)) from None
     return normalized, placement, plan
 
 
-async def ensure_job(memo: kopf.Memo, body: Mapping[str, Any]) -> tuple[ShardPlan, Placement, str]:
+async def ensure_job(memo: kopf.Memo, body: Mapping[str, Any]) -> tuple[ShardPlan, Placement, str | None]:
     """Plan the work and create the Job, suspended, owned by the ResizeJob (or adopt the one an earlier attempt
-    created). Returns the plan, the placement and the Job's name."""
+    created). Returns the plan, the placement and the Job's name: None when every image was reused from earlier
+    jobs (storage.ensure_plan copied their variants), so there is nothing for a pod to do."""
     meta = body["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
-    normalized, placement, plan = await plan_work(memo, body["spec"], name, namespace, uid)
+    tenant = (meta.get("labels") or {}).get(TENANT_LABEL)
+    normalized, placement, plan = await plan_work(memo, body["spec"], name, namespace, uid, tenant)
+    if storage.all_reused(plan):
+        return plan, placement, None
     job_name = planning.job_name_for(name)
     job = build_job(name=job_name, namespace=namespace, owner_name=name, spec=normalized, plan=plan,
                     parallelism=1, work_prefix=layout.work_prefix(namespace, name, uid), config=memo.config)
@@ -229,19 +243,39 @@ async def start(
     memo.scheduler.wake()
     if status.get("phase") in ("Queued", "Running", "Suspended"):  # resumed: the scheduler has it
         return
-    message = f"{plan.total} images in {plan.shards} shards of up to {plan.shard_size}; Job {job_name}"
-    conditions = planning.set_condition(list(status.get("conditions") or []), "Progressing", "True",
-                                        "JobCreated", message, generation, planning.timestamp())
-    conditions = planning.set_condition(conditions, "Admitted", "False", "Queued",
-                                        "waiting for the scheduler", generation, planning.timestamp())
+    # Files refused at upload are part of the job: counted as failed from the start, like any failed image, so
+    # the ResizeJob, the API and the CLI give one total and one phase.
+    rejected = ResizeJobSpec.from_dict(body["spec"]).source.rejected or ()
+    total, now = plan.total + len(rejected), planning.timestamp()
     work = layout.work_prefix(meta["namespace"], meta["name"], meta["uid"])
-    patch.status.update({
-        "phase": "Queued", "observedGeneration": generation, "conditions": conditions,
-        "total": plan.total, "succeeded": 0, "failed": 0, "progress": f"0/{plan.total}",
-        "shards": plan.shards, "shardSize": plan.shard_size, "countedIndexes": "",
-        "jobName": job_name, "parallelism": 0, "startTime": planning.timestamp(), "failures": [],
+    counts = {
+        "total": total, "succeeded": 0, "failed": len(rejected), "reused": 0, "progress": f"{len(rejected)}/{total}",
+        "shards": plan.shards, "shardSize": plan.shard_size, "countedIndexes": "", "startTime": now,
+        "failures": [{"source": f.filename, "reason": f"refused at upload: {f.reason}"}
+                     for f in rejected[:config.max_status_failures]],
         "results": _results_pointer(config, work, placement),
-    })
+    }
+    if job_name is None:  # every image reused: the job is done without a pod
+        phase = planning.final_phase(plan.total, len(rejected), total)
+        message = f"all {plan.total} images reused from earlier jobs; {len(rejected)} refused at upload"
+        conditions = planning.set_condition(list(status.get("conditions") or []), "Complete", "True", phase,
+                                            message, generation, now)
+        conditions = planning.set_condition(conditions, "Progressing", "False", phase, message, generation, now)
+        patch.status.update({**counts, "phase": phase, "observedGeneration": generation, "conditions": conditions,
+                             "succeeded": plan.total, "reused": plan.total, "progress": f"{total}/{total}",
+                             "parallelism": 0, "completionTime": now})
+        post_event(body, "Normal", phase, message)
+        logger.info("finished at once: %s", message)
+        return
+    message = f"{plan.total} images in {plan.shards} shards of up to {plan.shard_size}; Job {job_name}"
+    if plan.reused:
+        message += f"; {plan.reused} reused from earlier jobs"
+    conditions = planning.set_condition(list(status.get("conditions") or []), "Progressing", "True",
+                                        "JobCreated", message, generation, now)
+    conditions = planning.set_condition(conditions, "Admitted", "False", "Queued",
+                                        "waiting for the scheduler", generation, now)
+    patch.status.update({**counts, "phase": "Queued", "observedGeneration": generation, "conditions": conditions,
+                         "jobName": job_name, "parallelism": 0})
     post_event(body, "Normal", "JobCreated", message)
     logger.info("planned: %s", message)
 

@@ -28,6 +28,7 @@ class ShardPlan:
     total: int
     shard_size: int
     shards: int
+    reused: int = 0  # images whose variants were copied from earlier jobs at planning (storage.ensure_plan)
 
     def shard_bounds(self, index: int) -> tuple[int, int]:
         start = index * self.shard_size

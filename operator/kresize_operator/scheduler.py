@@ -287,6 +287,7 @@ class Scheduler:
         config, status, job_name = self.config, entry.status, entry.status.get("jobName", "")
         counted = planning.expand_ranges(status.get("countedIndexes"))
         succeeded, failures_count = int(status.get("succeeded") or 0), int(status.get("failed") or 0)
+        reused = int(status.get("reused") or 0)
         failures = list(status.get("failures") or [])
         for index in sorted((completed | failed) - counted):
             reason = None
@@ -302,12 +303,13 @@ class Scheduler:
                     metrics.IMAGE_SECONDS.observe(record.seconds)
                 if record.status == "succeeded":
                     succeeded += 1
+                    reused += record.reused
                     continue
                 failures_count += 1
                 if len(failures) < config.max_status_failures:
                     failures.append({"source": record.source, "reason": record.error or "unknown error"})
             counted.add(index)
-        return {"succeeded": succeeded, "failed": failures_count, "failures": failures,
+        return {"succeeded": succeeded, "failed": failures_count, "reused": reused, "failures": failures,
                 "countedIndexes": planning.compress_ranges(counted)}
 
     def _final(self, entry: Entry, counts: dict[str, Any],

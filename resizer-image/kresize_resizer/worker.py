@@ -4,10 +4,16 @@ Exit codes decide what the Job controller does: 0 when the shard ran (bad images
 not pod failures), 1 for infrastructure errors (S3 unreachable for longer than KRESIZE_S3_RETRY_SECONDS,
 access denied, missing shard), which makes the Job retry the index within `backoffLimitPerIndex`.
 Transient S3 failures are retried in the pod first, so a short outage costs time, not the Job's retries.
+
+Beside its results, a pod writes two things no one depends on for correctness, whose failures are only logged:
+its shard's heartbeat (layout.heartbeat_key, while it works) and a result-cache entry per variant it makes
+(layout.cache_key), which later jobs of the same images and targets reuse instead of resizing again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 import signal
@@ -17,17 +23,27 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from kresize_common import layout, logs
+from kresize_common.cache import content_identity, params_hash, scoped_identity
 from kresize_common.config import ImageLimits, S3Settings
 from kresize_common.formats import OUTPUTS
-from kresize_common.records import ImageResult, PodEnv, ShardManifest, Variant, results_from_json, results_to_json
+from kresize_common.records import (
+    CachedVariant,
+    CacheEntry,
+    ImageResult,
+    PodEnv,
+    ShardManifest,
+    Variant,
+    heartbeat_json,
+    results_from_json,
+    results_to_json,
+)
 from kresize_common.s3 import (
     RetryPolicy,
-    get_bytes,
     get_json,
+    get_json_or_none,
     is_not_found,
     make_client,
     object_exists,
-    put_bytes,
     put_json,
 )
 from kresize_common.spec import Operations, SpecError, Target
@@ -43,13 +59,75 @@ class SourceMissing(Exception):
     pass
 
 
-def _download(client: Minio, bucket: str, key: str, limits: ImageLimits, retry: RetryPolicy) -> bytes:
+def _get(client: Minio, bucket: str, key: str, limit: int) -> tuple[bytes, str | None]:
+    """At most limit + 1 bytes of an object (so oversize shows), and its ETag: the GET's answer carries it, so
+    the result cache's identity of a source costs no extra request."""
+    response = client.get_object(bucket, key)
     try:
-        return retry.call(f"GET {key}", get_bytes, client, bucket, key, limit=limits.max_bytes)
+        return response.read(limit + 1), response.headers.get("ETag")
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def _download(client: Minio, bucket: str, key: str, limits: ImageLimits, retry: RetryPolicy,
+              ) -> tuple[bytes, str | None]:
+    try:
+        return retry.call(f"GET {key}", _get, client, bucket, key, limits.max_bytes)
     except S3Error as error:
         if is_not_found(error):
             raise SourceMissing(f"source object not found: s3://{bucket}/{key}") from None
         raise
+
+
+def _put(client: Minio, bucket: str, key: str, data: bytes, content_type: str) -> str | None:
+    """Upload a variant; its ETag, which its cache entry records (a reuse copies it only if unchanged)."""
+    return client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type).etag
+
+
+class Heartbeat:
+    """The shard's heartbeat (layout.heartbeat_key): written when the pod starts the shard, renewed every
+    `interval` seconds by a thread (so an image that takes long does not make the pod look gone) and when a
+    checkpoint batch is written, deleted when the pod stops. One attempt each: a missed beat is only logged;
+    readers allow several (records.heartbeat_is_fresh)."""
+
+    def __init__(self, client: Minio, bucket: str, work: str, index: int, interval: float = 5.0) -> None:
+        self.client, self.bucket, self.interval = client, bucket, interval
+        self.key = layout.heartbeat_key(work, index)
+        self._lock = threading.Lock()  # a beat never lands after the deletion
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.beat()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            self.beat()
+
+    def beat(self) -> None:
+        # A beat already being written makes this one redundant: the shard's thread never waits on the other's.
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if not self._stopped.is_set():
+                put_json(self.client, self.bucket, self.key, heartbeat_json(time.time()))
+        except Exception as error:  # noqa: BLE001 - the heartbeat never fails the shard
+            log.warning("could not write the heartbeat %s: %s: %s", self.key, type(error).__name__, error)
+        finally:
+            self._lock.release()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped.set()
+            try:
+                self.client.remove_object(self.bucket, self.key)
+            except Exception as error:  # noqa: BLE001 - it goes stale by itself
+                log.warning("could not delete the heartbeat %s: %s: %s", self.key, type(error).__name__, error)
+        if self._thread is not None:
+            self._thread.join()
 
 
 class Checkpointer:
@@ -58,9 +136,9 @@ class Checkpointer:
     earlier attempts of the same index finished, so no finished image is made again."""
 
     def __init__(self, client: Minio, bucket: str, work: str, index: int, retry: RetryPolicy,
-                 interval: float = 1.0) -> None:
+                 interval: float = 1.0, on_flush: Callable[[], None] | None = None) -> None:
         self.client, self.bucket, self.work, self.index, self.retry = client, bucket, work, index, retry
-        self.interval = interval
+        self.interval, self.on_flush = interval, on_flush
         self.pending: list[ImageResult] = []
         self.batch = 0
         self.flushed_at = time.monotonic()
@@ -87,13 +165,50 @@ class Checkpointer:
             key = layout.checkpoint_key(self.work, self.index, self.batch)
             self.retry.call(f"PUT {key}", put_json, self.client, self.bucket, key, results_to_json(self.pending))
             self.batch, self.pending = self.batch + 1, []
+            if self.on_flush is not None:
+                self.on_flush()
         self.flushed_at = time.monotonic()
+
+
+def _source_identity(key: str, etag: str | None, data: bytes, originals_trusted: bool) -> str | None:
+    """The source's content identity for the result cache (cache.content_identity). An original's name is
+    checked against the bytes just read (a hash costs milliseconds beside a resize): an entry filed under the
+    wrong content would hand another job a wrong image."""
+    identity = content_identity(key, etag, originals_trusted=originals_trusted)
+    if identity is not None and identity.startswith("sha256-") \
+            and hashlib.sha256(data).hexdigest() != identity.removeprefix("sha256-"):
+        log.warning("%s does not have the content its name says; its variants are not cached", key,
+                    extra={"image": key})
+        return None
+    return identity
+
+
+def _write_cache_entries(client: Minio, bucket: str, identity: str, hashes: Mapping[str, str],
+                         output_bucket: str, outputs: list[Variant], etags: Mapping[str, str | None]) -> None:
+    """The image's variants into its result-cache entry (merged with those other jobs made of the same content:
+    two jobs racing lose one's additions, which costs a later reuse, nothing else); a failure is logged and
+    costs only a later reuse."""
+    made = {hashes[output.target]: CachedVariant(output_bucket, output.path, output.width, output.height,
+                                                 output.format, output.bytes, etag.strip('"'))
+            for output in outputs if (etag := etags.get(output.target))}  # no ETag: nothing to check a copy by
+    if not made:
+        return
+    key = layout.cache_key(identity)
+    try:
+        raw = get_json_or_none(client, bucket, key)
+        try:
+            known = CacheEntry.from_json(raw).variants if raw else {}
+        except (KeyError, TypeError, ValueError, AttributeError):  # unreadable: start it again
+            known = {}
+        put_json(client, bucket, key, CacheEntry({**known, **made}).to_json())
+    except Exception as error:  # noqa: BLE001 - the cache never fails an image
+        log.warning("could not write the cache entry %s: %s: %s", key, type(error).__name__, error)
 
 
 def process_shard(
     client: Minio, shard: ShardManifest, limits: ImageLimits, retry: RetryPolicy | None = None, *,
     done: Mapping[str, ImageResult] | None = None, on_result: Callable[[ImageResult], None] | None = None,
-    stop: threading.Event | None = None,
+    stop: threading.Event | None = None, cache_bucket: str | None = None,
 ) -> list[ImageResult]:
     """Resize every image of a shard and upload its variants; returns one result record per image.
 
@@ -106,6 +221,9 @@ def process_shard(
     Images in `done` (finished by an earlier attempt) are not made again: their records are returned as
     they are. `on_result` sees each new record as soon as it exists. When `stop` is set, the shard ends after
     the image in flight and returns what it has (the caller checkpoints it and exits: see run_from_env).
+
+    With `cache_bucket` (the platform bucket), each image whose variants are all uploaded gets a result-cache
+    entry per target there (layout.cache_key), for later jobs to reuse (the operator's reuse.py).
     """
     retry = retry or RetryPolicy()
     done = done or {}
@@ -113,12 +231,15 @@ def process_shard(
     try:
         targets = [Target.from_dict(t) for t in shard.targets]
         operations = Operations.from_dict(shard.operations)
+        hashes = {raw["name"]: params_hash(raw, shard.operations) for raw in shard.targets} if cache_bucket else {}
     except SpecError as error:
         # The same for every image, and a retried pod would meet it again: fail the images, not the pod.
         log.error("shard %s has targets or operations the resizer cannot use: %s", shard.index, error)
         return [done.get(image.key) or ImageResult.failed(image.key, f"invalid targets or operations: {error}")
                 for image in shard.images]
     names = [target.name for target in targets]
+    # Originals are named by their content only where the API alone writes them: the platform bucket.
+    originals_trusted = shard.source_bucket == cache_bucket
     source_bucket, output_bucket = shard.source_bucket, shard.output_bucket
     records: list[ImageResult] = []
 
@@ -128,7 +249,7 @@ def process_shard(
             on_result(result)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending: Future[bytes] | None = None
+        pending: Future[tuple[bytes, str | None]] | None = None
         for position, image in enumerate(images):
             if stop is not None and stop.is_set():
                 break
@@ -139,15 +260,18 @@ def process_shard(
                 pending = pool.submit(_download, client, source_bucket, images[position + 1].key, limits, retry)
             started = time.perf_counter()
             try:
-                data = current.result()  # S3 errors other than a missing source propagate: infrastructure
+                data, etag = current.result()  # S3 errors other than a missing source propagate: infrastructure
             except SourceMissing as error:
                 finished(ImageResult.failed(image.key, str(error)))
                 log.info("failed %s: %s", image.key, error, extra={"image": image.key})
                 continue
             del current
+            identity = scoped_identity(shard.cache_scope, _source_identity(image.key, etag, data, originals_trusted)
+                                       ) if cache_bucket else None
             variants = render_each(data, targets, operations, limits)
             del data  # the pipeline drops the encoded input once decoded
             outputs: list[Variant] = []
+            etags: dict[str, str | None] = {}
             failure: str | None = None
             while True:
                 try:
@@ -163,12 +287,14 @@ def process_shard(
                 if variant is None:
                     break
                 key = layout.output_key(shard.output_prefix, image.id, variant.target, variant.extension)
-                retry.call(f"PUT {key}", put_bytes, client, output_bucket, key, variant.data,
-                           OUTPUTS[variant.format].content_type)
+                etags[variant.target] = retry.call(f"PUT {key}", _put, client, output_bucket, key, variant.data,
+                                                   OUTPUTS[variant.format].content_type)
                 outputs.append(Variant(variant.target, key, variant.width, variant.height, variant.format,
                                        len(variant.data)))
                 del variant  # before the next variant is made
             outputs.sort(key=lambda output: names.index(output.target))  # made smallest first
+            if failure is None and cache_bucket and identity:
+                _write_cache_entries(client, cache_bucket, identity, hashes, output_bucket, outputs, etags)
             seconds = time.perf_counter() - started
             finished(ImageResult(image.key, "failed", failure, tuple(outputs), seconds) if failure
                      else ImageResult.succeeded(image.key, outputs, seconds))
@@ -202,21 +328,29 @@ def run_from_env() -> int:
             return 0
         raw = retry.call("GET shard", get_json, client, settings.bucket, layout.shard_key(work, index))
         shard = ShardManifest.from_json(raw)
-        checkpoints = Checkpointer(client, settings.bucket, work, index, retry)
-        done = checkpoints.done()
-        if done:
-            log.info("shard %d: %d of %d images were finished by an earlier attempt; not redoing them", index,
-                     len(done), len(shard.images))
-        stop = threading.Event()
-        # SIGTERM (a scale-down or a deletion): finish the image in flight, checkpoint, exit STOPPED_EXIT_CODE.
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        records = process_shard(client, shard, limits, retry, done=done, on_result=checkpoints.add, stop=stop)
-        checkpoints.flush()
-        if len(records) < len(shard.images):
-            log.info("shard %d stopped by SIGTERM after %d of %d images; checkpointed", index, len(records),
-                     len(shard.images))
-            return PodEnv.STOPPED_EXIT_CODE
-        retry.call("PUT results", put_json, client, settings.bucket, results, results_to_json(records))
+        heartbeat = Heartbeat(client, settings.bucket, work, index)
+        heartbeat.start()  # before the first image: this index is being worked on
+        try:
+            checkpoints = Checkpointer(client, settings.bucket, work, index, retry, on_flush=heartbeat.beat)
+            done = checkpoints.done()
+            if done:
+                # Finished by an earlier attempt, or reused by the operator from an earlier job (checkpoint 0).
+                reused = sum(1 for record in done.values() if record.reused)
+                log.info("shard %d: %d of %d images were finished by an earlier attempt%s; not redoing them", index,
+                         len(done), len(shard.images), f" ({reused} reused from earlier jobs)" if reused else "")
+            stop = threading.Event()
+            # SIGTERM (a scale-down or a deletion): finish the image in flight, checkpoint, exit STOPPED_EXIT_CODE.
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            records = process_shard(client, shard, limits, retry, done=done, on_result=checkpoints.add, stop=stop,
+                                    cache_bucket=settings.bucket)
+            checkpoints.flush()
+            if len(records) < len(shard.images):
+                log.info("shard %d stopped by SIGTERM after %d of %d images; checkpointed", index, len(records),
+                         len(shard.images))
+                return PodEnv.STOPPED_EXIT_CODE
+            retry.call("PUT results", put_json, client, settings.bucket, results, results_to_json(records))
+        finally:
+            heartbeat.stop()  # results written, stopped, or failed: no pod works on this index any more
     except Exception as error:  # noqa: BLE001 - any I/O failure here is an infrastructure error
         log.error("shard %d failed with an infrastructure error, the Job will retry it: %s: %s",
                   index, type(error).__name__, error)

@@ -70,17 +70,24 @@ def test_upload_through_the_api(cluster):
         body = wait_for(lambda: (b := client.get(f"/v1/jobs/{name}").json())["phase"]
                         in TERMINAL and b, 600, interval=2, message=f"upload job {name}")
         assert body["phase"] == "PartiallyFailed"
-        by_name = {f["filename"]: f for f in body["files"]}
+        files, cursor = [], None
+        while True:  # every page of the files
+            page = client.get(f"/v1/jobs/{name}/files", params={"limit": 7, **({"cursor": cursor} if cursor else {})})
+            files, cursor = files + page.json()["items"], page.json()["next"]
+            if cursor is None:
+                break
+        by_name = {f["filename"]: f for f in files}
         for path in bad:
-            assert by_name[path.name]["status"] == "failed" and by_name[path.name]["error"]
+            assert by_name[path.name]["state"] == "failed" and by_name[path.name]["error"]
         for path in good:
             entry = by_name[path.name]
-            assert entry["status"] == "succeeded", entry
+            assert entry["state"] == "succeeded", entry
             medium = entry["outputs"][1]
             data = httpx.get(medium["url"], timeout=60).content  # the presigned link works from outside
             with Image.open(io.BytesIO(data)) as image:
                 assert image.size == (medium["width"], medium["height"])
         assert body["progress"]["succeeded"] == len(good)
+        assert body["progress"]["total"] == body["progress"]["done"] == len(good) + len(bad)  # refused files count
     finally:
         client.close()
         delete_resizejob(cluster, name)

@@ -1,0 +1,1 @@
+"""The kresize command-line client (see kresize_cli.main)."""
