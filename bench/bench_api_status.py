@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,13 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "operator"))
 
-from conftest import BUCKET, CRD, NAMESPACE, create_s3_secret, install_api_tokens, kube_api, start_component  # noqa: E402
-from harness.kube import start_emulator  # noqa: E402
-from harness.s3 import start_s3  # noqa: E402
+from backends import start_backends  # noqa: E402
+from conftest import BUCKET, NAMESPACE, start_component  # noqa: E402
 from kresize_api.files import encode_cursor  # noqa: E402  (the cursor is opaque to clients, not to the bench)
 from kresize_common import layout  # noqa: E402
 from kresize_common.records import ImageRef, ImageResult, ShardManifest, Variant, heartbeat_json  # noqa: E402
-from kresize_common.s3 import ensure_bucket, put_json  # noqa: E402
+from kresize_common.s3 import put_json  # noqa: E402
 from kresize_operator.config import Sharding  # noqa: E402
 from kresize_operator.planning import compress_ranges, plan_shards  # noqa: E402
 
@@ -109,18 +107,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main(sizes: list[int]) -> int:
-    work = Path(tempfile.mkdtemp(prefix="kresize-bench-status-"))
-    (work / "s3").mkdir()
-    s3_server = start_s3(work / "s3")
-    emulator = start_emulator(crds=[CRD])
-    kubeconfig = emulator.write_kubeconfig(work / "kubeconfig")
-    api_client = kube_api(kubeconfig)
-    create_s3_secret(api_client, NAMESPACE, s3_server)
-    token = install_api_tokens(api_client, NAMESPACE, s3_server)["admin"]
-    s3 = s3_server.client()
-    ensure_bucket(s3, BUCKET)
-    custom = kubernetes.client.CustomObjectsApi(api_client)
-    api = start_component("api", s3_server, kubeconfig, work / "api.log")
+    backends = start_backends("status")
+    token, s3 = backends.token, backends.s3_server.client()
+    custom = kubernetes.client.CustomObjectsApi(backends.api)
+    api = start_component("api", backends.s3_server, backends.kubeconfig, backends.work / "api.log")
     ok = True
     try:
         print(f"status reads: {CLIENTS} concurrent clients x {REQUESTS_PER_CLIENT} requests, {ROUNDS} interleaved "
@@ -151,8 +141,7 @@ def main(sizes: list[int]) -> int:
         return 0 if ok else 1
     finally:
         api.stop()
-        emulator.stop()
-        s3_server.stop()
+        backends.stop()
 
 
 if __name__ == "__main__":

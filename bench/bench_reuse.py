@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,20 +24,9 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import (  # noqa: E402
-    BUCKET,
-    CORPUS,
-    CRD,
-    NAMESPACE,
-    create_s3_secret,
-    install_api_tokens,
-    kube_api,
-    start_component,
-)
+from backends import start_backends  # noqa: E402
+from conftest import CORPUS, NAMESPACE, start_component  # noqa: E402
 from harness.jobs import JobRunner  # noqa: E402
-from harness.kube import start_emulator  # noqa: E402
-from harness.s3 import start_s3  # noqa: E402
-from kresize_common.s3 import ensure_bucket  # noqa: E402
 
 IMAGES = 100
 GOAL = 10.0
@@ -72,15 +60,8 @@ def run_job(client: httpx.Client, files: list[tuple[str, bytes]], targets: list[
 
 
 def main(rounds: int) -> int:
-    work = Path(tempfile.mkdtemp(prefix="kresize-bench-reuse-"))
-    (work / "s3").mkdir()
-    s3_server = start_s3(work / "s3")
-    emulator = start_emulator(crds=[CRD])
-    kubeconfig = emulator.write_kubeconfig(work / "kubeconfig")
-    api_client = kube_api(kubeconfig)
-    create_s3_secret(api_client, NAMESPACE, s3_server)
-    token = install_api_tokens(api_client, NAMESPACE, s3_server)["admin"]
-    ensure_bucket(s3_server.client(), BUCKET)
+    backends = start_backends("reuse")
+    s3_server, kubeconfig, work, token = backends.s3_server, backends.kubeconfig, backends.work, backends.token
     runner = JobRunner(kubeconfig, NAMESPACE, work / "pods").start()
     operator = start_component("operator", s3_server, kubeconfig, work / "operator.log", operator={
         "gc": {"intervalSeconds": 0}})
@@ -102,8 +83,7 @@ def main(rounds: int) -> int:
         api.stop()
         operator.stop()
         runner.stop()
-        emulator.stop()
-        s3_server.stop()
+        backends.stop()
     upload = {k: statistics.median(u for u, _ in v) for k, v in rows.items()}
     job = {k: statistics.median(j for _, j in v) for k, v in rows.items()}
     speedup = job["first"] / job["repeated"]

@@ -76,7 +76,8 @@ code=0
 cat <<TXT
 
 kresize is up:
-  API         $API
+  Web page    $API/   (sign in with the admin token below)
+  API         $API   (docs: $API/docs)
               TOKEN=\$(kubectl -n $NAMESPACE get secret kresize-api-tokens -o jsonpath='{.data.admin}' | base64 -d)
               curl -H "Authorization: Bearer \$TOKEN" -F files=@photo.jpg -F width=320 $API/v1/jobs
   CLI         KRESIZE_TOKEN=\$TOKEN .venv/bin/kresize submit --width 320 --wait photo.jpg   (kresize --help)

@@ -208,8 +208,8 @@ def test_operator_restart_mid_job_neither_duplicates_nor_loses(platform, corpus)
     ("files", "fields", "status", "message"),
     [
         ([], {"width": "10"}, 400, "no files"),
-        ([("empty.jpg", b"")], {"width": "10"}, 400, "no uploaded file"),
-        ([("notes.jpg", b"hello, I am text")], {"width": "10"}, 415, "no uploaded file"),
+        ([("empty.jpg", b"")], {"width": "10"}, 400, "no file is a supported image"),
+        ([("notes.jpg", b"hello, I am text")], {"width": "10"}, 415, "no file is a supported image"),
         ([("a.png", None)], {"width": "0"}, 422, "at least 1"),
         ([("a.png", None)], {"width": "10", "fit": "squash"}, 422, "not one of"),
         ([("a.png", None)], {}, 422, "width and/or height"),
@@ -268,6 +268,7 @@ def test_killed_resizer_pod_is_retried_and_parallelism_follows_the_work(platform
     upload_copies(platform, "samples/podkill/", sources, 3)
     name = "podkill"
     create_resizejob(platform, name, {"source": {"prefix": "samples/podkill/"}, "parallelism": 5,
+                                      "reuse": False,
                                       "targets": [{"name": "t", "width": 300, "format": "webp"}]})
     job_name = f"{name}-resize"
     platform.runner.hold(job_name, 3)  # the last shard's pod stays pending until released
@@ -327,6 +328,7 @@ def test_deleted_job_is_recreated_and_finished_shards_are_not_redone(platform, c
     name, job_name = "recreate", "recreate-resize"
     platform.runner.hold(job_name, 3)  # keep the job running until the Job has been deleted
     create_resizejob(platform, name, {"source": {"prefix": "samples/recreate/"}, "parallelism": 2,
+                                      "reuse": False,
                                       "targets": [{"name": "t", "width": 100, "format": "png"}]})
     def completed_indexes() -> str:
         jobs = platform.batch.list_namespaced_job(NAMESPACE, label_selector=f"kresize.dev/resizejob={name}").items
@@ -353,6 +355,7 @@ def test_a_pod_stopped_by_sigterm_is_not_a_failure_and_loses_no_work(platform, c
     upload_copies(platform, "samples/sigterm/", photos, 3)
     name = "sigterm"
     create_resizejob(platform, name, {"source": {"prefix": "samples/sigterm/"}, "parallelism": 1,
+                                      "reuse": False,
                                       "retry": {"backoffLimitPerIndex": 0},
                                       # AVIF encodes slowly: the pod is still busy when it is stopped.
                                       "targets": [{"name": "t", "width": 1600, "format": "avif"}]})

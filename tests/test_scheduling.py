@@ -52,7 +52,7 @@ def test_jobs_share_the_budget_queue_and_hand_pods_on_and_no_image_is_made_twice
     platform.runner.max_pods_total = 0
     for name in ("share-a", "share-b", "share-c"):
         upload_copies(platform, f"samples/{name}/", photos(corpus), 2)
-    spec = {"targets": SLOW_TARGETS, "parallelism": 4}
+    spec = {"targets": SLOW_TARGETS, "parallelism": 4, "reuse": False}  # every image really made, by pods
     create_resizejob(platform, "share-a", {**spec, "source": {"prefix": "samples/share-a/"}})
     # Alone, A takes the whole budget.
     wait_for(lambda: pods_given(platform, "share-a") == BUDGET and len(platform.runner.running("share-a-resize"))
@@ -85,7 +85,8 @@ def test_jobs_share_the_budget_queue_and_hand_pods_on_and_no_image_is_made_twice
 def test_suspend_releases_the_pods_and_resume_redoes_no_finished_image(platform, corpus):
     upload_copies(platform, "samples/suspend/", photos(corpus), 2)
     name, job_name = "suspend", "suspend-resize"
-    create_resizejob(platform, name, {"source": {"prefix": "samples/suspend/"}, "targets": SLOW_TARGETS})
+    create_resizejob(platform, name, {"source": {"prefix": "samples/suspend/"}, "targets": SLOW_TARGETS,
+                                      "reuse": False})
     wait_for(lambda: int((platform.resizejob(name).get("status") or {}).get("progress", "0/1").split("/")[0]) >= 2, 120,
              interval=0.1, message="a few images done")
     platform.custom.patch_namespaced_custom_object("kresize.dev", "v1alpha1", NAMESPACE, "resizejobs", name,
@@ -110,7 +111,7 @@ def test_deleting_a_job_stops_its_pods_and_cleans_up_as_spec_cleanup_says(platfo
     upload_copies(platform, "samples/cleanup/", photos(corpus), 2)
     name, job_name = "cleanup", "cleanup-resize"
     create_resizejob(platform, name, {"source": {"prefix": "samples/cleanup/"}, "targets": SLOW_TARGETS,
-                                      "cleanup": {"outputs": "Delete"}})
+                                      "cleanup": {"outputs": "Delete"}, "reuse": False})
     rj = wait_phase(platform, name, {"Running"}, 60)
     work = layout.work_prefix(NAMESPACE, name, platform.resizejob(name)["metadata"]["uid"])
     wait_for(lambda: list(platform.s3.list_objects(BUCKET, prefix=rj["results"]["outputPrefix"], recursive=True)),

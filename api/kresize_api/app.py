@@ -149,7 +149,8 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     # Requests by route and status, latency histograms; served on a port of their own (__main__), so the
     # API's public port (and any Ingress in front of it) never shows them.
-    Instrumentator(excluded_handlers=["/healthz", "/readyz", "/", "/static"]).instrument(app)
+    # (Patterns are searched for in the route: anchored, so the page's "/" does not exclude every route.)
+    Instrumentator(excluded_handlers=["^/healthz$", "^/readyz$", "^/$", "^/static"]).instrument(app)
     # Uploads are spooled to /tmp, not held in memory; this bounds how many are in flight (the others wait,
     # their bodies unread), so memory and /tmp stay within what the chart gives the pod.
     upload_slots = asyncio.Semaphore(settings.max_concurrent_uploads)

@@ -1,5 +1,6 @@
 """Live events of a job, as Server-Sent Events: `progress` (the summary, when it changes), `file` (each file as it
-reaches succeeded or failed) and `end` (the terminal summary; the stream then closes).
+reaches succeeded or failed) and `end` (the terminal summary, or phase `Deleted` when the job was cancelled; the
+stream then closes). A feed that cannot read sends `error` (a message) before its `end`: reconnect.
 
 One `Feed` per watched job does the reading (the job from the watch cache, the files through FileReader) and
 every watcher of that job replays the same log: a hundred watchers cost what one does. A feed stops reading a
@@ -117,7 +118,7 @@ class Feeds:
         try:
             while True:
                 job = await asyncio.to_thread(self.get_job, feed.name)
-                if job is None:  # deleted (cancelled): say so and end
+                if job is None or job["metadata"].get("deletionTimestamp"):  # cancelled: its files are going
                     await feed.add("end", {**(feed.summary or {"name": feed.name}), "phase": "Deleted"})
                     break
                 summary = self.summarize(job)

@@ -125,49 +125,66 @@ class FileReader:
     def page(self, job: dict[str, Any], cursor: str | None, limit: int, state: str | None,
              ) -> tuple[list[dict[str, Any]], str | None, int]:
         """Files from `cursor` on, up to `limit` of them in `state` (any state when None): (items, next, total)."""
-        status, spec = job.get("status") or {}, job.get("spec") or {}
-        rejected = (spec.get("source") or {}).get("rejected") or []
-        shard_size = int(status.get("shardSize") or 0)
-        planned = max(0, int(status.get("total") or 0) - len(rejected)) if shard_size else 0
-        total = planned + len(rejected)
-        counted = _ranges(status.get("countedIndexes"))
-        index, items = decode_cursor(cursor), list[dict[str, Any]]()
-        while index < total and len(items) < limit:
-            if index >= planned:
-                entry = rejected[index - planned]
-                item = _item(index, entry.get("filename"), None, "failed",
-                             f"refused at upload: {entry.get('reason')}")
-            else:
-                item = self._image_item(job, index, shard_size, counted)
+        plan = _Plan.of(job)
+        start = decode_cursor(cursor)
+        if state == "active":  # at most one a shard: found shard by shard, not file by file
+            active = [i for i in self._active(job, plan) if i >= start][:limit]
+            return [self._item(job, i, plan) for i in active], None, plan.total
+        index, items = start, list[dict[str, Any]]()
+        while index < plan.total and len(items) < limit:
+            item = self._item(job, index, plan)
             if state is None or item["state"] == state:
                 items.append(item)
             index += 1
-        return items, encode_cursor(index) if index < total else None, total
+        return items, encode_cursor(index) if index < plan.total else None, plan.total
 
     def finished(self, job: dict[str, Any], known: set[int]) -> list[dict[str, Any]]:
-        """Files that reached succeeded or failed and are not in `known` (the live feed's new `file` events).
-        Shards whose files are all known are skipped without a read."""
-        status, spec = job.get("status") or {}, job.get("spec") or {}
-        rejected = (spec.get("source") or {}).get("rejected") or []
-        shard_size = int(status.get("shardSize") or 0)
-        planned = max(0, int(status.get("total") or 0) - len(rejected)) if shard_size else 0
-        counted, found = _ranges(status.get("countedIndexes")), []
-        for shard_start in range(0, planned, shard_size or 1):
-            indexes = [i for i in range(shard_start, min(planned, shard_start + shard_size)) if i not in known]
-            for index in indexes:
-                item = self._image_item(job, index, shard_size, counted)
-                if item["state"] not in ("succeeded", "failed"):
-                    break  # a pod finishes a shard's images in order: the rest of it is not done either
-                found.append(item)
-        for number, entry in enumerate(rejected):
-            if planned + number not in known:
-                found.append(_item(planned + number, entry.get("filename"), None, "failed",
-                                   f"refused at upload: {entry.get('reason')}"))
+        """Files that reached succeeded or failed and are not in `known` (the live feed's new `file` events)."""
+        plan, found = _Plan.of(job), []
+        if plan.shard_size:
+            for shard_start in range(0, plan.planned, plan.shard_size):
+                for index in range(shard_start, min(plan.planned, shard_start + plan.shard_size)):
+                    if index in known:
+                        continue
+                    item = self._item(job, index, plan)
+                    if item["state"] not in ("succeeded", "failed"):
+                        break  # a pod finishes a shard's images in order: the rest of it is not done either
+                    found.append(item)
+        found += [self._item(job, i, plan) for i in range(plan.planned, plan.total) if i not in known]
         return found
 
+    def _active(self, job: dict[str, Any], plan: _Plan) -> list[int]:
+        """The file each live pod works on: the first unfinished image of each running shard."""
+        status = job.get("status") or {}
+        if status.get("phase") != "Running" or not plan.shard_size:
+            return []
+        work = _work(self.namespace, job)
+        found = []
+        for shard in range(-(-plan.planned // plan.shard_size)):
+            if shard in plan.counted or self._finished(work, shard) is not None:
+                continue
+            running = self._running_shard(work, shard)
+            if running.alive:
+                manifest = self._manifest(work, shard)
+                position = self._first_open(running, manifest)
+                if position < len(manifest.images):
+                    found.append(shard * plan.shard_size + position)
+        return found
+
+    def _item(self, job: dict[str, Any], index: int, plan: _Plan) -> dict[str, Any]:
+        if index >= plan.planned:
+            entry = plan.rejected[index - plan.planned]
+            return _item(index, entry.get("filename"), None, "failed", f"refused at upload: {entry.get('reason')}")
+        if not plan.shard_size:  # not planned yet (or never: an invalid job): the keys the API gave, in order
+            source = plan.prefix + plan.keys[index]
+            terminal = (job.get("status") or {}).get("phase") in TERMINAL
+            return _item(index, self._filenames(job).get(source), source, "failed" if terminal else "waiting",
+                         "not processed" if terminal else None)
+        return self._image_item(job, index, plan.shard_size, plan.counted)
+
     def _image_item(self, job: dict[str, Any], index: int, shard_size: int, counted: set[int]) -> dict[str, Any]:
-        meta, status = job["metadata"], job.get("status") or {}
-        work = layout.work_prefix(self.namespace, meta["name"], meta["uid"])
+        status = job.get("status") or {}
+        work = _work(self.namespace, job)
         shard, position = divmod(index, shard_size)
         manifest = self._manifest(work, shard)
         if position >= len(manifest.images):  # the plan and the manifest disagree: never guess
@@ -176,6 +193,8 @@ class FileReader:
         filename = self._filenames(job).get(source)
         terminal = status.get("phase") in TERMINAL
         records = self._finished(work, shard, settled=terminal)
+        if records is None and shard in counted:  # counted a moment ago: its results may be new
+            records = self._finished(work, shard, settled=True)
         if records is None and shard in counted:
             return _item(index, filename, source, "failed",
                          f"shard {shard} failed after its retries; see the logs of Job {status.get('jobName')}")
@@ -185,10 +204,7 @@ class FileReader:
             if record is None:
                 if terminal:
                     return _item(index, filename, source, "failed", "not processed")
-                if running.first_open is None:  # once per read of the shard, not once per file
-                    running.first_open = next((i for i, image in enumerate(manifest.images)
-                                               if image.key not in running.records), len(manifest.images))
-                first_open = running.first_open
+                first_open = self._first_open(running, manifest)
                 alive = running.alive and status.get("phase") == "Running"
                 return _item(index, filename, source, "active" if alive and first_open == position else "waiting",
                              None)
@@ -197,6 +213,14 @@ class FileReader:
             if record is None:
                 return _item(index, filename, source, "failed", f"shard {shard} finished without this image")
         return self._result_item(index, filename, record, job)
+
+    @staticmethod
+    def _first_open(running: _Running, manifest: ShardManifest) -> int:
+        """The position of the shard's first unfinished image: computed once per read of the shard."""
+        if running.first_open is None:
+            running.first_open = next((i for i, image in enumerate(manifest.images)
+                                       if image.key not in running.records), len(manifest.images))
+        return running.first_open
 
     def _result_item(self, index: int, filename: str | None, record: ImageResult,
                      job: dict[str, Any]) -> dict[str, Any]:
@@ -298,6 +322,37 @@ class FileReader:
         with self._lock:
             self._links.put((bucket, path), (url, now + self.presign_seconds / 2))
         return url
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How a job's files are numbered: its images in the plan's order (image i in shard i // shardSize), then
+    the files refused at upload. An upload job's images are its keys, known from its creation, so an index
+    never moves once the job is planned."""
+
+    planned: int
+    rejected: list[dict[str, Any]]
+    shard_size: int
+    counted: set[int]
+    keys: list[str]
+    prefix: str
+
+    @property
+    def total(self) -> int:
+        return self.planned + len(self.rejected)
+
+    @classmethod
+    def of(cls, job: dict[str, Any]) -> _Plan:
+        status, source = job.get("status") or {}, (job.get("spec") or {}).get("source") or {}
+        rejected, keys = list(source.get("rejected") or []), list(source.get("keys") or [])
+        shard_size = int(status.get("shardSize") or 0)
+        planned = len(keys) if keys else max(0, int(status.get("total") or 0) - len(rejected)) if shard_size else 0
+        return cls(planned, rejected, shard_size, _ranges(status.get("countedIndexes")), keys,
+                   source.get("prefix") or "")
+
+
+def _work(namespace: str, job: dict[str, Any]) -> str:
+    return layout.work_prefix(namespace, job["metadata"]["name"], job["metadata"]["uid"])
 
 
 def _item(index: int, filename: str | None, source: str | None, state: str, error: str | None,

@@ -212,9 +212,9 @@ def submit(
         help="Image files, or folders (their image files, not subfolders).")] = None,
     width: Annotated[int | None, typer.Option(min=1, help="Target width in pixels.")] = None,
     height: Annotated[int | None, typer.Option(min=1, help="Target height in pixels.")] = None,
-    fit: Annotated[str | None, typer.Option(help="inside, cover or fill (the API validates).")] = None,
+    fit: Annotated[str | None, typer.Option(help="cover (default), contain, fill or inside.")] = None,
     image_format: Annotated[str | None, typer.Option(
-        "--format", help="jpeg, png, webp or avif (default: as the source).")] = None,
+        "--format", help="jpeg, png, webp, avif or original (the default: as the source).")] = None,
     quality: Annotated[int | None, typer.Option(min=1, max=100, help="Encoder quality.")] = None,
     targets: Annotated[Path | None, typer.Option(
         exists=True, dir_okay=False, readable=True,

@@ -100,7 +100,7 @@ def big_job(cluster, name: str, copies: int = 4) -> int:
     delete_resizejob(cluster, name)
     cluster.custom.create_namespaced_custom_object("kresize.dev", "v1alpha1", cluster.namespace, "resizejobs", {
         "apiVersion": "kresize.dev/v1alpha1", "kind": "ResizeJob", "metadata": {"name": name},
-        "spec": {"source": {"prefix": f"e2e/{name}/"}, "parallelism": 2,
+        "spec": {"source": {"prefix": f"e2e/{name}/"}, "parallelism": 2, "reuse": False,  # pods must really work
                  "targets": [{"name": "t", "width": 1024, "format": "avif"}]}})
     return len(sources) * copies
 

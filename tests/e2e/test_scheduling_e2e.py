@@ -50,7 +50,7 @@ def upload_copies(cluster, name: str, copies: int) -> int:
 def create(cluster, name: str, **spec) -> None:
     cluster.custom.create_namespaced_custom_object("kresize.dev", "v1alpha1", cluster.namespace, "resizejobs", {
         "apiVersion": "kresize.dev/v1alpha1", "kind": "ResizeJob", "metadata": {"name": name},
-        "spec": {"source": {"prefix": f"e2e/{name}/"}, "targets": SLOW_TARGETS, **spec}})
+        "spec": {"source": {"prefix": f"e2e/{name}/"}, "targets": SLOW_TARGETS, "reuse": False, **spec}})
 
 
 def status_of(cluster, name: str) -> dict:

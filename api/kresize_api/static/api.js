@@ -88,7 +88,7 @@ export const cancelJob = (name) => request(jobPath(name), { method: "DELETE" });
 
 /**
  * Every file of a job (or those in `state`), following the `next` cursor; `onPage(items, total)` sees each page
- * as it arrives, so a long list shows up progressively.
+ * as it arrives, so a long list shows up progressively, and stops the reading by returning false.
  */
 export async function listAllFiles(name, onPage, { signal, state } = {}) {
   let cursor = null;
@@ -97,7 +97,7 @@ export async function listAllFiles(name, onPage, { signal, state } = {}) {
     if (state) query.set("state", state);
     if (cursor) query.set("cursor", cursor);
     const page = await request(`${jobPath(name)}/files?${query}`, { signal });
-    onPage(page.items || [], page.total);
+    if (onPage(page.items || [], page.total) === false) return;
     cursor = page.next;
   } while (cursor);
 }

@@ -10,6 +10,9 @@ const STATE_RANK = { waiting: 0, active: 1, succeeded: 2, failed: 2 };
 const sameOutcome = (a, b) => STATE_RANK[a.state] === 2 && a.state === b.state;
 const MAX_RETRY_MS = 30000;
 const ACTIVE_POLL_MS = 3000;
+// A job may have 100,000 files: the page lists the first ones (and failures after them, which matter most)
+// rather than make the browser hold them all.
+const MAX_LISTED = 1000;
 
 let view = null; // the job on screen; async results for another (older) view are dropped
 let navigate = () => {};
@@ -59,6 +62,7 @@ function resetScreen(name) {
   $("job-files").replaceChildren();
   $("gallery").replaceChildren();
   $("gallery-empty").hidden = false;
+  $("files-note").hidden = true;
   setProgress(0);
   for (const id of ["succeeded", "failed", "reused", "total"]) $(`count-${id}`).textContent = "0";
   $("count-rate").textContent = "–";
@@ -185,6 +189,9 @@ function applySummary(current, summary) {
   $("count-eta").textContent = eta(summary);
   setPhase(current, summary, done);
   reloadIfGrown(current, total);
+  $("files-note").hidden = total <= MAX_LISTED;
+  $("files-note").textContent = `This job has ${total} files: the list shows the first ${MAX_LISTED}, `
+    + "and those after them that fail.";
 }
 
 function setPhase(current, summary, done) {
@@ -240,6 +247,7 @@ async function loadFiles(current) {
     await listAllFiles(current.name, (items, total) => {
       current.filesTotal = total;
       items.forEach((file) => applyFile(current, file));
+      return current.files.size < MAX_LISTED;
     }, { signal: current.controller.signal });
     current.filesLoaded = true;
   } catch (error) {
@@ -288,6 +296,7 @@ function pollActive(current) {
 function applyFile(current, file) {
   if (view !== current || typeof file.index !== "number") return;
   const known = current.files.get(file.index);
+  if (!known && current.files.size >= (file.state === "failed" ? 2 * MAX_LISTED : MAX_LISTED)) return;
   if (known && (STATE_RANK[known.state] > (STATE_RANK[file.state] ?? 0) || sameOutcome(known, file))) return;
   current.files.set(file.index, file);
   renderFileRow(current, file);
