@@ -20,7 +20,7 @@ from .spec import Operations, Target, apply_defaults, spec_schema
 
 # Part of every hash: raise it when the pipeline's output for the same parameters changes (a new resampling
 # filter, an encoder setting), so no variant made the old way is reused.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 
 _ORIGINAL_NAME = re.compile(r"([0-9a-f]{64})\.[a-z0-9]+")  # layout.original_key: <sha256>.<ext>
 _SAFE_ETAG = re.compile(r"[A-Za-z0-9_-]{1,128}")  # hex, or hex-<parts> for multipart uploads

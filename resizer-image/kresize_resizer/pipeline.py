@@ -1,11 +1,26 @@
 """The image pipeline: bytes in, encoded variants out. Pure functions, no I/O.
 
 Order: limits (bytes, then pixels from the header, before any decoding) -> JPEG draft to the largest size any
-target needs -> output limits (every target's size from the decoded, upright source size: before decoding when
-the orientation is known, again after) -> integrity of the compressed stream (PNG, deflate TIFF) -> decode
-(once) -> EXIF auto-rotation -> ICC profile to sRGB -> mode normalisation (CMYK, palette, 16-bit, alpha) -> per
-target, one at a time, smallest first: resize to the fit -> operations -> alpha handling -> encode without
-metadata -> hand the variant out (`render_each`).
+target needs -> output limits (every target's size from the upright original's size: before decoding when the
+orientation is known, again after) -> integrity of the compressed stream (PNG, deflate TIFF) -> decode (once)
+-> ICC profile to sRGB (unless it waits, below) -> mode normalisation (CMYK, palette, 16-bit, alpha; RGBA and
+LA premultiplied) -> a whole-factor `reduce()` as far as every target allows -> EXIF auto-rotation (`decode`)
+-> resample once per target (`plan`, below) -> per target, one at a time, smallest first: pad (contain) ->
+operations -> alpha handling -> encode without metadata -> hand the variant out (`render_each`).
+
+Resample once, cascade down
+---------------------------
+Output sizes and crop boxes are computed from the upright original (`output_size`, `sampling`), whatever the
+decoder shrank, and mapped into the decoded pixels (`Sampling.within`). The decoded source is shrunk before
+anything else touches it: JPEG by DCT scaling (`draft`, to the largest size any target needs), every format then
+by `reduce()` (a box average over whole k x k blocks) as long as each target keeps a Lanczos step of at least
+_REDUCING_GAP (2, libvips' default; `resize(reducing_gap=...)` does the same per call). Each target is one
+Lanczos `resize()` of its box (cover: the centred crop, never a crop then a resize) from the smallest image that
+holds its region at least _CASCADE_RATIO times as densely: the source or a larger target's resampled image
+(`plan`), which is kept until its own turn. An embedded RGB profile whose tone curve is close to sRGB's
+(Adobe RGB, Display P3) is converted on the resampled images instead of the source: the colour error is
+measured by tests/test_pipeline_quality.py (mean dE76 <= 0.6) along with every variant's PSNR and SSIM against a
+straightforward full-size rendering (>= 46 dB, >= 0.996 on the corpus).
 
 Decisions: truncated or corrupt files fail (Pillow's LOAD_TRUNCATED_IMAGES stays off: a half-grey photo is
 silent data corruption); animated images use their first frame; `format: original` keeps JPEG, PNG, WebP and
@@ -59,7 +74,8 @@ WebP with transparency) and B the file's bytes (<= KRESIZE_MAX_FILE_BYTES), the 
                                 to 10 (4:4:4) progressive JPEG (libjpeg keeps every coefficient); 9 AVIF;
                                 16 WebP (Pillow's WebPAnimDecoder holds two canvases, then copies the frame)
     converting = 8 * P_in       rotating, premultiplying alpha, CMYK, 16-bit: the old and the new copy
-    a variant  = 4 * P_in       the source, until the last variant is resized
+    a variant  = 4 * P_in       the source, until the last resize that reads it
+               + 4 * Q          larger targets' resampled images kept for smaller ones (Q <= max(P_in / 4, 4 MP))
                + max(4 * P_r + 8 * P_out,   resizing: Pillow's intermediate P_r <= sqrt(P_in * P_out) (it
                                             picks the pass order), the premultiplied result and its copy
                      12 * P_out,            a blur or sharpen: the variant, the result, a transposed copy
@@ -69,7 +85,8 @@ WebP with transparency) and B the file's bytes (<= KRESIZE_MAX_FILE_BYTES), the 
 
 R (interpreter, Pillow, S3 client) is ~70 MiB; B_next is the next image, which the pod downloads meanwhile.
 Variants are made and handed out one at a time, smallest first, so the source is freed before the largest one
-is sharpened and encoded; the total output pixels (KRESIZE_MAX_TOTAL_OUTPUT_PIXELS) bound time and output bytes
+is sharpened and encoded (a kept image is freed at its own turn, so it never coexists with a larger variant's
+operations); the total output pixels (KRESIZE_MAX_TOTAL_OUTPUT_PIXELS) bound time and output bytes
 more than the peak. With the defaults the largest term is a 50 MP variant made while the source is still needed,
 then sharpened: 4 * 50 + 12 * 50 MP = 800 MB, with R and B_next ~880 MiB, under the chart's 1 GiB.
 tests/test_resizer_limits.py measures `kresize-resizer local` (no B_next): 789 MiB for a 50 MP rotated RGBA PNG
@@ -110,7 +127,18 @@ _TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 _SRGB = ImageCms.createProfile("sRGB")
-_REDUCING_GAP = 3.0
+# Whole-factor box reduction before Lanczos leaves at least this much for the Lanczos step (libvips' default gap)
+_REDUCING_GAP = 2.0
+# A target is resampled from a larger one only when that holds at least this many times its pixels per side
+# (1.5x steps, less the rounding of a side).
+_CASCADE_RATIO = 1.4
+# The targets' images kept to derive smaller ones from: at most 1 / _KEPT_SHARE of the decoded source's pixels,
+# or _KEPT_FLOOR pixels (16 MB) when that is more (a drafted JPEG is barely larger than its largest target).
+_KEPT_SHARE = 4
+_KEPT_FLOOR = 4_000_000
+# An embedded RGB profile is converted after resampling when averaging before or after the conversion differs by
+# at most this many levels (`_srgb_transform`).
+_DEFERRED_AVERAGING_ERROR = 8
 # Formats that need several times the memory per pixel of the others get a share of the pixel limits.
 # (Inputs: formats.INPUTS[...].pixel_share, shared with the API's upload check.)
 # An AVIF variant, or a WebP one with alpha, may have 1/4 of max_output_pixels: libaom needs ~19 bytes per pixel
@@ -350,21 +378,154 @@ def _upright(size: tuple[int, int], orientation: int) -> tuple[int, int]:
     return (size[1], size[0]) if orientation in ROTATED_ORIENTATIONS else size
 
 
-def _to_srgb(image: Image.Image) -> Image.Image:
-    """Convert using the embedded ICC profile (in place for RGB/RGBA); CMYK without a profile is left to
-    `_normalise_mode`, which uses Pillow's conversion."""
+Box = tuple[float, float, float, float]
+
+
+def _upright_box(box: Box, stored: tuple[int, int], orientation: int) -> Box:
+    """`box` in the stored image's coordinates (width x height `stored`) as a box in the upright image's."""
+    x0, y0, x1, y1 = box
+    w, h = stored
+    return {
+        2: (w - x1, y0, w - x0, y1),
+        3: (w - x1, h - y1, w - x0, h - y0),
+        4: (x0, h - y1, x1, h - y0),
+        5: (y0, x0, y1, x1),
+        6: (h - y1, x0, h - y0, x1),
+        7: (h - y1, w - x1, h - y0, w - x0),
+        8: (y0, w - x1, y1, w - x0),
+    }.get(orientation, box)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """A region of the upright original (`box`, in the original's pixels) held at `size` pixels."""
+
+    box: Box
+    size: tuple[int, int]
+
+    @property
+    def pixels(self) -> int:
+        return self.size[0] * self.size[1]
+
+    def density(self) -> tuple[float, float]:
+        """Pixels held per pixel of the original, across and down."""
+        x0, y0, x1, y1 = self.box
+        return self.size[0] / (x1 - x0), self.size[1] / (y1 - y0)
+
+    def within(self, holder: Sampling) -> Box:
+        """This region in the pixel coordinates of an image that holds `holder` (clamped to that image:
+        float rounding must not make a box Pillow refuses)."""
+        dx, dy = holder.density()
+        hx, hy = holder.box[0], holder.box[1]
+        w, h = holder.size
+        x0, y0, x1, y1 = self.box
+        return (min(max((x0 - hx) * dx, 0.0), w), min(max((y0 - hy) * dy, 0.0), h),
+                min(max((x1 - hx) * dx, 0.0), w), min(max((y1 - hy) * dy, 0.0), h))
+
+
+def sampling(src_w: int, src_h: int, target: Target) -> Sampling:
+    """What the target takes from an upright src_w x src_h original: the region and the size it is resampled
+    to (for `contain`, the image before padding). The sizes are `output_size`'s."""
+    out_w, out_h = output_size(src_w, src_h, target)
+    whole = (0.0, 0.0, float(src_w), float(src_h))
+    if target.width and target.height and target.fit == "cover":
+        return Sampling(_cover_box(src_w, src_h, out_w, out_h), (out_w, out_h))
+    if target.width and target.height and target.fit == "contain":
+        scale = min(out_w / src_w, out_h / src_h)
+        return Sampling(whole, _scaled(src_w, src_h, scale if target.upscale else min(scale, 1.0)))
+    return Sampling(whole, (out_w, out_h))
+
+
+def _shrink_factor(source: Sampling, needed: Sequence[Sampling]) -> int:
+    """The whole factor by which the source can be reduced (a box average) for every target and still leave
+    each a Lanczos step of at least _REDUCING_GAP: what `resize(reducing_gap=...)` does for one target."""
+    if not needed:
+        return 1
+    sx, sy = source.density()
+    ratio = min(min(sx / dx, sy / dy) for dx, dy in (s.density() for s in needed))
+    return max(1, int(ratio / _REDUCING_GAP))
+
+
+def _derivable(child: Sampling, holder: Sampling) -> bool:
+    """Whether `child` may be resampled from an image holding `holder`: it holds the child's whole region, and
+    either exactly as the child wants it or at least _CASCADE_RATIO times as densely (a Lanczos step from
+    barely more pixels softens more than it saves; tests/test_pipeline_quality.py measures both)."""
+    if child == holder:
+        return True
+    cx0, cy0, cx1, cy1 = child.box
+    hx0, hy0, hx1, hy1 = holder.box
+    eps = 1e-6
+    if cx0 < hx0 - eps or cy0 < hy0 - eps or cx1 > hx1 + eps or cy1 > hy1 + eps:
+        return False
+    (cdx, cdy), (hdx, hdy) = child.density(), holder.density()
+    return hdx >= _CASCADE_RATIO * cdx and hdy >= _CASCADE_RATIO * cdy
+
+
+def plan(samplings: Sequence[Sampling], budget: int) -> list[int | None]:
+    """For each target, the index of the target whose resampled image it is made from, or None for the source.
+
+    Largest first, each target takes the smallest larger one it is `_derivable` from, as long as the images
+    kept for others add up to at most `budget` pixels (they stay in memory until their own turn)."""
+    order = sorted(range(len(samplings)), key=lambda i: -samplings[i].pixels)
+    parents: list[int | None] = [None] * len(samplings)
+    kept: set[int] = set()
+    total = 0
+    for position, index in enumerate(order):
+        best: int | None = None
+        for candidate in order[:position]:
+            cost = 0 if candidate in kept else samplings[candidate].pixels
+            if total + cost <= budget and _derivable(samplings[index], samplings[candidate]) and (
+                    best is None or samplings[candidate].pixels < samplings[best].pixels):
+                best = candidate
+        if best is not None:
+            parents[index] = best
+            if best not in kept:
+                kept.add(best)
+                total += samplings[best].pixels
+    return parents
+
+
+def _srgb_transform(image: Image.Image) -> tuple[ImageCms.ImageCmsTransform | None, bool]:
+    """A transform from the image's embedded profile to sRGB (None: no profile, or a broken one, whose pixels are
+    kept as they are rather than failing the image), and whether it may wait until after resampling.
+
+    Resampling averages pixels; it commutes with the conversion where the conversion is affine. So RGB only
+    (alpha would need straight values; CMYK converts non-linearly), and only when averaging two greys before
+    converting lands within _DEFERRED_AVERAGING_ERROR levels of averaging after: sRGB, Display P3 and Adobe RGB
+    (6 levels, near black) pass, ProPhoto (gamma 1.8: 18) and linear profiles (58) convert first.
+    tests/test_pipeline_quality.py measures the colour error of deferring (mean dE76 <= 0.6 on corpus photos)."""
     profile = image.info.get("icc_profile")
-    if profile and image.mode in ("RGB", "RGBA", "CMYK"):
-        try:
-            source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
-            if image.mode == "CMYK":
-                converted = ImageCms.profileToProfile(image, source, _SRGB, outputMode="RGB")
-                assert converted is not None
-                return converted
-            ImageCms.profileToProfile(image, source, _SRGB, outputMode=image.mode, inPlace=True)
-        except (ImageCms.PyCMSError, OSError, ValueError):
-            pass  # a broken profile: keep the pixels as they are rather than failing the image
-    return image
+    if not profile or image.mode not in ("RGB", "RGBA", "CMYK"):
+        return None, False
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        transform = ImageCms.buildTransform(source, _SRGB, image.mode, "RGB" if image.mode == "CMYK" else image.mode)
+        if image.mode != "RGB":
+            return transform, False
+        ramp = Image.frombytes("L", (256, 1), bytes(range(256)))
+        grey = ImageCms.applyTransform(Image.merge("RGB", (ramp, ramp, ramp)), transform)
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return None, False
+    assert grey is not None
+    return transform, _averaging_error(grey.getchannel("G").tobytes()) <= _DEFERRED_AVERAGING_ERROR
+
+
+def _averaging_error(curve: bytes) -> float:
+    """How far a 256-entry tone curve is from affine: the largest difference, over pairs of levels, between the
+    curve of their mean and the mean of their curves."""
+    levels = range(0, 256, 15)
+    return max(abs(curve[(a + b) // 2] - (curve[a] + curve[b]) / 2)
+               for a in levels for b in levels if a < b and (a + b) % 2 == 0)
+
+
+def _convert(image: Image.Image, transform: ImageCms.ImageCmsTransform, in_place: bool) -> Image.Image:
+    try:
+        in_place = in_place and transform.input_mode == transform.output_mode
+        converted = ImageCms.applyTransform(image, transform, inPlace=in_place) or image
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return image  # as for a broken profile: the pixels as they are
+    converted.info.pop("icc_profile", None)  # Pillow tags the result sRGB; no metadata goes out
+    return converted
 
 
 def _normalise_mode(image: Image.Image) -> Image.Image:
@@ -384,27 +545,43 @@ def _normalise_mode(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # CMYK without profile, YCbCr, LAB, F, ...
 
 
-def decode(data: bytes, targets: Sequence[Target], limits: ImageLimits) -> tuple[Image.Image, str]:
-    """Decode once, as small as the largest target allows, upright and in sRGB; also the source format.
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image, ready to resample: upright, in RGB, L or premultiplied RGBa/La, shrunk as far as every
+    target allows (JPEG draft, then a whole-factor reduce)."""
+
+    image: Image.Image
+    format: str
+    size: tuple[int, int]  # the upright original's: every output size and crop box is computed from it
+    held: Sampling  # what `image` holds of the original (a bit past its edge when shrunk by a factor)
+    transform: ImageCms.ImageCmsTransform | None  # sRGB conversion still to do on what is resampled from it
+
+
+def decode(data: bytes, targets: Sequence[Target], limits: ImageLimits) -> Decoded:
+    """Decode once, as small as the largest target allows, upright and (or about to be: `Decoded.transform`)
+    in sRGB.
 
     Fails (ImageError) on any decoding error, and before decoding or resizing when a target would exceed the
     output limits (`output_problem`)."""
     image = _open(data, limits)
     source_format = image.format or ""
+    stored = image.size
     orientation: int | None = None
+    scale = 1.0  # original pixels per decoded pixel
     if source_format in ("JPEG", "MPO"):
         orientation = _orientation(image)  # from the APP1 segment parsed by open(): decodes no pixels
-        stored_w, stored_h = image.size
-        upright_w, upright_h = _upright(image.size, orientation)
+        upright_w, upright_h = _upright(stored, orientation)
         if targets:
             need = [_needed_source_size(upright_w, upright_h, t) for t in targets]
             need_w, need_h = _upright((max(n[0] for n in need), max(n[1] for n in need)), orientation)
-            if need_w < stored_w and need_h < stored_h:
-                image.draft(image.mode if image.mode in ("RGB", "L", "CMYK") else "RGB", (need_w, need_h))
-        problem = output_problem(*_upright(image.size, orientation), targets, source_format, limits)
+            if need_w < stored[0] and need_h < stored[1]:
+                drafted = image.draft(image.mode if image.mode in ("RGB", "L", "CMYK") else "RGB", (need_w, need_h))
+                if drafted:
+                    scale = stored[0] / drafted[1][2]
+        problem = output_problem(upright_w, upright_h, targets, source_format, limits)
     else:  # orientation unknown until decoded (a PNG may keep eXIf after its pixels): fail early if either fails
-        problem = output_problem(*image.size, targets, source_format, limits)
-        if problem and not output_problem(*_upright(image.size, 6), targets, source_format, limits):
+        problem = output_problem(*stored, targets, source_format, limits)
+        if problem and not output_problem(*_upright(stored, 6), targets, source_format, limits):
             problem = None
     if problem:
         raise ImageError(problem)
@@ -426,13 +603,31 @@ def decode(data: bytes, targets: Sequence[Target], limits: ImageLimits) -> tuple
         orientation = _orientation(image)
     mode = image.mode
     alpha = mode in _PREMULTIPLIED or mode == "PA" or (mode not in ("RGB", "L") and "transparency" in image.info)
-    problem = output_problem(*_upright(image.size, orientation), targets, source_format, limits, alpha)
+    size = _upright(stored, orientation)
+    problem = output_problem(*size, targets, source_format, limits, alpha)
     if problem:
         raise ImageError(problem)
     try:
+        transform, deferred = _srgb_transform(image)
+        if transform is not None and not deferred:
+            image = _convert(image, transform, in_place=True)
+            transform = None
+        image = _normalise_mode(image)
+        if image.mode in _PREMULTIPLIED:
+            # Pillow resizes and reduces RGBA and LA premultiplied, converting the whole input on every call:
+            # convert once instead (and before the reduce below, which must average premultiplied values).
+            image = image.convert(_PREMULTIPLIED[image.mode])
+        # Reduce before rotating: the rotation then copies the smaller image.
+        held = Sampling(_upright_box((0.0, 0.0, image.width * scale, image.height * scale), stored, orientation),
+                        _upright(image.size, orientation))
+        factor = _shrink_factor(held, [sampling(*size, target) for target in targets])
+        if factor > 1:
+            image = image.reduce(factor)
+            scale *= factor
+            held = Sampling(_upright_box((0.0, 0.0, image.width * scale, image.height * scale), stored,
+                                         orientation), _upright(image.size, orientation))
         if orientation in _TRANSPOSE:
             image = image.transpose(_TRANSPOSE[orientation])  # the decoded original goes right after
-        image = _normalise_mode(_to_srgb(image))
         if isinstance(image, ImageFile.ImageFile) and source_format in ("WEBP", "AVIF"):
             # Still the opened file, whose decoder holds canvases of the whole image: keep only the pixels.
             image = image.copy()
@@ -442,10 +637,10 @@ def decode(data: bytes, targets: Sequence[Target], limits: ImageLimits) -> tuple
         raise ImageError("image needs more memory than this pod has") from None
     # Nothing of the source's metadata goes out.
     image.info = {}
-    return image, source_format
+    return Decoded(image, source_format, size, held, transform)
 
 
-def _cover_box(src_w: int, src_h: int, out_w: int, out_h: int) -> tuple[float, float, float, float]:
+def _cover_box(src_w: int, src_h: int, out_w: int, out_h: int) -> Box:
     """The centred crop of the source with the output's aspect ratio (as ImageOps.fit computes it)."""
     ratio = out_w / out_h
     if src_w / src_h == ratio:
@@ -458,16 +653,13 @@ def _cover_box(src_w: int, src_h: int, out_w: int, out_h: int) -> tuple[float, f
     return left, top, left + crop_w, top + crop_h
 
 
-def _resample(image: Image.Image, size: tuple[int, int],
-              box: tuple[float, float, float, float] | None = None) -> Image.Image:
-    """Lanczos resize of `box` (default: everything) to `size`, reducing by whole factors first when
-    shrinking by 3 or more (`reducing_gap`). Pillow (13) resamples in two passes and picks their order by the
-    smaller intermediate: at most min(out_w * in_h, in_w * out_h) <= sqrt(P_in * P_out) pixels
-    (tests/test_resizer_limits.py pins it)."""
-    whole = (0, 0, *image.size)
-    if size == image.size and box in (None, whole):
+def _resample(image: Image.Image, size: tuple[int, int], box: Box) -> Image.Image:
+    """Lanczos resize of `box` to `size`, reducing by whole factors first when shrinking by _REDUCING_GAP or
+    more. Pillow (13) resamples in two passes and picks their order by the smaller intermediate: at most
+    min(out_w * in_h, in_w * out_h) <= sqrt(P_in * P_out) pixels (tests/test_resizer_limits.py pins it)."""
+    if size == image.size and box == (0, 0, *image.size):
         return image  # nothing to do (`_straight` or the caller copies before anything changes it)
-    return image.resize(size, Image.Resampling.LANCZOS, box=box or whole, reducing_gap=_REDUCING_GAP)
+    return image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=_REDUCING_GAP)
 
 
 def _straight(image: Image.Image) -> Image.Image:
@@ -475,25 +667,16 @@ def _straight(image: Image.Image) -> Image.Image:
     return image.convert(_STRAIGHT[image.mode]) if image.mode in _STRAIGHT else image
 
 
-def _resize(image: Image.Image, target: Target) -> Image.Image:
-    """The target's variant of `image` (RGB, L, or premultiplied RGBa/La), in RGB, L, RGBA or LA."""
-    src_w, src_h = image.size
-    out_w, out_h = output_size(src_w, src_h, target)
-    if not (target.width and target.height) or target.fit in ("inside", "fill"):
-        return _straight(_resample(image, (out_w, out_h)))
-    if target.fit == "cover":
-        return _straight(_resample(image, (out_w, out_h), _cover_box(src_w, src_h, out_w, out_h)))
-    # contain: scale like inside (never enlarging without upscale), then pad to the exact box
-    scale = min(out_w / src_w, out_h / src_h)
-    if not target.upscale:
-        scale = min(scale, 1.0)
-    inner = _straight(_resample(image, _scaled(src_w, src_h, scale)))
+def _pad(inner: Image.Image, target: Target, size: tuple[int, int]) -> Image.Image:
+    """`contain`: the straight-alpha inner image centred on the box, padded with the background."""
+    if inner.size == size:
+        return inner
     mode = "RGBA" if "A" in inner.mode else inner.mode
     fill: Any = (*target.background, 0) if mode == "RGBA" else target.background
     if mode == "L":
         fill = round(sum(target.background) / 3)
-    canvas = Image.new(mode, (out_w, out_h), fill)
-    canvas.paste(inner, ((out_w - inner.width) // 2, (out_h - inner.height) // 2))
+    canvas = Image.new(mode, size, fill)
+    canvas.paste(inner, ((size[0] - inner.width) // 2, (size[1] - inner.height) // 2))
     return canvas
 
 
@@ -552,29 +735,68 @@ def _save(image: Image.Image, fmt: str, target: Target) -> bytes:
 def render_each(data: bytes, targets: Sequence[Target], operations: Operations,
                 limits: ImageLimits) -> Iterator[Rendered]:
     """Every target of one image, made and handed out one at a time (drop each before taking the next),
-    smallest first: the source is freed before the largest variant's operations and encoding.
+    smallest first.
+
+    Resampled once per target, each from the smallest image that serves it (`plan`): the decoded source, or
+    a larger target's resampled image, kept until its own turn (at most a quarter of the source's pixels, or
+    4 MP). Those are made first, largest first; the rest in turn, and the source is freed after
+    the last resample that reads it, before the largest variant's operations and encoding.
 
     Raises ImageError with a readable reason for a bad image (before the first variant when it is the input
     or the output limits); other exceptions are unexpected and propagate. Each step rebinds `variant`, so
     only the image a step reads and the one it makes are alive."""
-    source: Image.Image | None
-    source, source_format = decode(data, targets, limits)
+    decoded = decode(data, targets, limits)
     del data  # the caller may drop its reference too: the encoded input is not needed any more
-    if source.mode in _PREMULTIPLIED:
-        # Pillow resizes RGBA and LA premultiplied, converting the whole input on every resize() call:
-        # convert the source once instead.
-        source = source.convert(_PREMULTIPLIED[source.mode])
-    sizes = [output_size(*source.size, target) for target in targets]
+    source: Image.Image | None = decoded.image
+    held, transform = decoded.held, decoded.transform
+    samplings = [sampling(*decoded.size, target) for target in targets]
+    parents = plan(samplings, max(held.pixels // _KEPT_SHARE, _KEPT_FLOOR))
+    uses = [1 + parents.count(index) for index in range(len(targets))]  # its own turn, then its children's
+    source_uses = parents.count(None)
+    kept: dict[int, Image.Image] = {}
+
+    def resampled(index: int) -> Image.Image:
+        """The target's resampled image (premultiplied when the source is), from its parent."""
+        nonlocal source, source_uses
+        parent = parents[index]
+        if parent is None:
+            assert source is not None
+            image = _resample(source, samplings[index].size, samplings[index].within(held))
+            source_uses -= 1
+            if transform is not None:  # converted after shrinking: fewer pixels, the colour error measured
+                image = _convert(image, transform, in_place=image is not source)
+            if not source_uses:
+                source = None
+        elif samplings[index] == samplings[parent]:
+            image = kept[parent]
+        else:
+            image = _resample(kept[parent], samplings[index].size, samplings[index].within(samplings[parent]))
+        if parent is not None:
+            uses[parent] -= 1
+            if not uses[parent]:
+                del kept[parent]
+        return image
+
+    def turn(index: int) -> Image.Image:
+        image = kept.pop(index) if index in kept else resampled(index)
+        uses[index] -= 1
+        if uses[index]:  # its children still need it (only when one shares its very sampling)
+            kept[index] = image
+        return image
+
+    try:
+        for index in sorted(set(p for p in parents if p is not None), key=lambda i: -samplings[i].pixels):
+            kept[index] = resampled(index)  # parents first: each before its children, largest first
+    except MemoryError:
+        raise ImageError("image needs more memory than this pod has") from None
+    sizes = [output_size(*decoded.size, target) for target in targets]
     order = sorted(range(len(targets)), key=lambda i: sizes[i][0] * sizes[i][1])
     steps = _operation_steps(operations)
-    for position, index in enumerate(order):
+    for index in order:
         target = targets[index]
-        fmt = _output_format(source_format, target)
+        fmt = _output_format(decoded.format, target)
         try:
-            assert source is not None
-            variant = _resize(source, target)
-            if position == len(order) - 1:
-                source = None  # the last resize is done: free the source before operations and encoding
+            variant = _pad(_straight(turn(index)), target, sizes[index])
             for step in steps:
                 variant = step(variant)
             variant = _encoder_mode(variant, fmt, target)
