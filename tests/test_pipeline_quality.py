@@ -19,7 +19,17 @@ import pytest
 from iccprofiles import ADOBE_RGB, DISPLAY_P3, LINEAR_SRGB, PROPHOTO_RGB
 from kresize_common.config import ImageLimits
 from kresize_common.spec import Operations, Target
-from kresize_resizer.pipeline import Sampling, _upright_box, decode, output_size, plan, render, sampling
+from kresize_resizer.pipeline import (
+    ENCODING,
+    Encoding,
+    Sampling,
+    _upright_box,
+    decode,
+    output_size,
+    plan,
+    render,
+    sampling,
+)
 from PIL import Image, ImageChops, ImageCms, ImageMath, ImageOps
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
@@ -226,3 +236,16 @@ def test_upright_box_follows_pillows_transposes(orientation):
     x0, y0, x1, y1 = _upright_box((1, 2, 2, 3), stored.size, orientation)
     assert (x1 - x0, y1 - y0) == (1, 1)
     assert upright.getpixel((int(x0), int(y0))) == 255
+
+
+def test_encoder_defaults_are_the_measured_ones_and_can_be_overridden():
+    """docs/design.md, "Encoder settings": baseline JPEG with optimised Huffman tables by default."""
+    data = (CORPUS / "photos" / "DSCN0010.jpg").read_bytes()
+    target = Target("t", 320, format="jpeg")
+    assert Encoding(jpeg_optimize=True, jpeg_progressive=False, webp_method=4, avif_speed=8,
+                                png_compress_level=6) == ENCODING
+    (plain,) = render(data, [target], NO_OPS, LIMITS)
+    (progressive,) = render(data, [target], NO_OPS, LIMITS, Encoding(jpeg_progressive=True))
+    assert not pixels(plain.data).info.get("progressive") and pixels(progressive.data).info.get("progressive")
+    (baseline,) = render(data, [target], NO_OPS, LIMITS, Encoding(jpeg_optimize=False))
+    assert len(plain.data) < len(baseline.data)

@@ -80,7 +80,7 @@ WebP with transparency) and B the file's bytes (<= KRESIZE_MAX_FILE_BYTES), the 
                                             picks the pass order), the premultiplied result and its copy
                      12 * P_out,            a blur or sharpen: the variant, the result, a transposed copy
                      (5 + e) * P_out + E)   encoding: the flattened copy for JPEG, the encoder (e ~3
-                                            progressive JPEG, ~0 PNG, 5 WebP, ~20 WebP with alpha, 19 to 26
+                                            optimised JPEG, ~0 PNG, 5 WebP, ~20 WebP with alpha, 19 to 26
                                             AVIF) and the encoded bytes E (PNG: up to ~4 * P_out)
 
 R (interpreter, Pillow, S3 client) is ~70 MiB; B_next is the next image, which the pod downloads meanwhile.
@@ -719,21 +719,37 @@ def _encoder_mode(image: Image.Image, fmt: str, target: Target) -> Image.Image:
     return image
 
 
-def _save(image: Image.Image, fmt: str, target: Target) -> bytes:
+@dataclass(frozen=True)
+class Encoding:
+    """Encoder settings besides the target's quality. The defaults are measured (docs/design.md, "Encoder
+    settings"; bench/bench_encoders.py); the CRD has no per-target field for them yet."""
+
+    jpeg_optimize: bool = True  # Huffman tables for the image: 2% fewer bytes than baseline
+    jpeg_progressive: bool = False  # 3.4% fewer bytes again, for 2.4x the encoding CPU
+    webp_method: int = 4  # 0 (fast) .. 6 (small)
+    avif_speed: int = 8  # 0 (small) .. 10 (fast)
+    png_compress_level: int = 6
+
+
+ENCODING = Encoding()
+
+
+def _save(image: Image.Image, fmt: str, target: Target, encoding: Encoding) -> bytes:
     out = io.BytesIO()
     if fmt == "jpeg":
-        image.save(out, "JPEG", quality=target.quality, optimize=True, progressive=True)
+        image.save(out, "JPEG", quality=target.quality, optimize=encoding.jpeg_optimize,
+                   progressive=encoding.jpeg_progressive)
     elif fmt == "png":
-        image.save(out, "PNG", compress_level=6)
+        image.save(out, "PNG", compress_level=encoding.png_compress_level)
     elif fmt == "webp":
-        image.save(out, "WEBP", quality=target.quality, method=4)
+        image.save(out, "WEBP", quality=target.quality, method=encoding.webp_method)
     else:
-        image.save(out, "AVIF", quality=target.quality, speed=8)
+        image.save(out, "AVIF", quality=target.quality, speed=encoding.avif_speed)
     return out.getvalue()
 
 
-def render_each(data: bytes, targets: Sequence[Target], operations: Operations,
-                limits: ImageLimits) -> Iterator[Rendered]:
+def render_each(data: bytes, targets: Sequence[Target], operations: Operations, limits: ImageLimits,
+                encoding: Encoding = ENCODING) -> Iterator[Rendered]:
     """Every target of one image, made and handed out one at a time (drop each before taking the next),
     smallest first.
 
@@ -801,7 +817,7 @@ def render_each(data: bytes, targets: Sequence[Target], operations: Operations,
                 variant = step(variant)
             variant = _encoder_mode(variant, fmt, target)
             width, height = variant.size
-            encoded = _save(variant, fmt, target)
+            encoded = _save(variant, fmt, target, encoding)
             del variant
         except MemoryError:
             raise ImageError("image needs more memory than this pod has") from None
@@ -813,7 +829,9 @@ def render_each(data: bytes, targets: Sequence[Target], operations: Operations,
         del rendered
 
 
-def render(data: bytes, targets: Sequence[Target], operations: Operations, limits: ImageLimits) -> list[Rendered]:
+def render(data: bytes, targets: Sequence[Target], operations: Operations, limits: ImageLimits,
+           encoding: Encoding = ENCODING) -> list[Rendered]:
     """Every target of one image in the targets' order, or ImageError with a readable reason."""
     names = [target.name for target in targets]
-    return sorted(render_each(data, targets, operations, limits), key=lambda variant: names.index(variant.target))
+    return sorted(render_each(data, targets, operations, limits, encoding),
+                  key=lambda variant: names.index(variant.target))
