@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from kresize_common.config import ImageLimits
 from kresize_common.records import ImageResult, Variant, results_to_json
 from kresize_common.spec import Operations, Target, normalize_spec
 
+from .cores import pipelined, render_workers
 from .pipeline import ImageError, render_each
 
 log = logging.getLogger("kresize.resizer")
@@ -53,29 +55,47 @@ def input_files(folder: Path) -> list[Path]:
     return files
 
 
-def run_local(spec: dict[str, Any], input_dir: Path, output_dir: Path, limits: ImageLimits) -> list[ImageResult]:
+def run_local(spec: dict[str, Any], input_dir: Path, output_dir: Path, limits: ImageLimits, workers: int = 0,
+              ) -> list[ImageResult]:
+    """Every image of a folder through the cluster's workers (cores.pipelined, `workers` at once, 0: one per
+    CPU); records in the folder's order. Two inputs with the same stem: the first in that order owns it."""
     targets = [Target.from_dict(t) for t in spec["targets"]]
     operations = Operations.from_dict(spec.get("operations"))
     names = [target.name for target in targets]
     output_dir.mkdir(parents=True, exist_ok=True)
-    records: list[ImageResult] = []
-    used_stems: set[str] = set()
-    for path in input_files(input_dir):
+    made: dict[str, ImageResult] = {}
+    lock = threading.Lock()
+    paths: list[Path] = []
+    files = input_files(input_dir)
+    owners: dict[str, str] = {}  # decided before any image is made, so it does not depend on which finishes first
+    for path in files:
         stem = safe_stem(path.name)
         if stem is None:
-            records.append(ImageResult.failed(path.name, "file name cannot be used as an output folder"))
-            continue
-        if stem in used_stems:  # a.jpg and a.png would write the same outputs: the first one wins
-            records.append(ImageResult.failed(path.name, f"another input already produced outputs for {stem!r}"))
-            continue
-        outputs: list[Variant] = []
-        failure: str | None = None
+            made[path.name] = ImageResult.failed(path.name, "file name cannot be used as an output folder")
+        elif stem in owners:  # a.jpg and a.png would write the same outputs: the first one wins
+            made[path.name] = ImageResult.failed(path.name, f"another input already produced outputs for {stem!r}")
+        else:
+            owners[stem] = path.name
+            paths.append(path)
+
+    def finished(result: ImageResult) -> None:
+        with lock:
+            made[result.source] = result
+
+    def read(path: Path) -> bytes | OSError:
         try:
             with path.open("rb") as file:
-                data = file.read(limits.max_bytes + 1)  # enough to tell a file over the limit, never more
+                return file.read(limits.max_bytes + 1)  # enough to tell a file over the limit, never more
         except OSError as error:
-            records.append(ImageResult.failed(path.name, f"cannot read the file: {error.strerror or error}"))
-            continue
+            return error
+
+    def render(path: Path, data: bytes | OSError) -> None:
+        if isinstance(data, OSError):
+            finished(ImageResult.failed(path.name, f"cannot read the file: {data.strerror or data}"))
+            return
+        stem = path.stem
+        outputs: list[Variant] = []
+        failure: str | None = None
         variants = render_each(data, targets, operations, limits)
         del data  # the pipeline drops the encoded input once decoded
         while True:
@@ -90,7 +110,6 @@ def run_local(spec: dict[str, Any], input_dir: Path, output_dir: Path, limits: I
                 break
             if variant is None:
                 break
-            used_stems.add(stem)
             (output_dir / stem).mkdir(exist_ok=True)
             relative = f"{stem}/{variant.target}.{variant.extension}"
             (output_dir / relative).write_bytes(variant.data)  # an OSError here is the folder's, not the image's
@@ -98,11 +117,14 @@ def run_local(spec: dict[str, Any], input_dir: Path, output_dir: Path, limits: I
                                    len(variant.data)))
             del variant  # before the next variant is made
         outputs.sort(key=lambda output: names.index(output.target))  # made smallest first
-        records.append(ImageResult(path.name, "failed", failure, tuple(outputs)) if failure
-                       else ImageResult.succeeded(path.name, outputs))
+        finished(ImageResult(path.name, "failed", failure, tuple(outputs)) if failure
+                 else ImageResult.succeeded(path.name, outputs))
         if failure:
             log.info("failed %s: %s", path.name, failure)
         else:
             log.info("resized %s into %d variants", path.name, len(outputs))
+
+    pipelined(paths, read, render, workers or render_workers())
+    records = [made[path.name] for path in files]
     (output_dir / "results.json").write_text(json.dumps(results_to_json(records), indent=2) + "\n")
     return records

@@ -29,6 +29,7 @@ from kresize_common.formats import OUTPUTS
 from kresize_common.records import (
     CachedVariant,
     CacheEntry,
+    ImageRef,
     ImageResult,
     PodEnv,
     ShardManifest,
@@ -50,6 +51,7 @@ from kresize_common.spec import Operations, SpecError, Target
 from minio import Minio
 from minio.error import S3Error
 
+from .cores import pipelined, render_workers
 from .pipeline import ImageError, render_each
 
 log = logging.getLogger("kresize.resizer")
@@ -208,19 +210,30 @@ def _write_cache_entries(client: Minio, bucket: str, identity: str, hashes: Mapp
 def process_shard(
     client: Minio, shard: ShardManifest, limits: ImageLimits, retry: RetryPolicy | None = None, *,
     done: Mapping[str, ImageResult] | None = None, on_result: Callable[[ImageResult], None] | None = None,
-    stop: threading.Event | None = None, cache_bucket: str | None = None,
+    stop: threading.Event | None = None, cache_bucket: str | None = None, workers: int = 0,
 ) -> list[ImageResult]:
-    """Resize every image of a shard and upload its variants; returns one result record per image.
+    """Resize every image of a shard and upload its variants; returns one result record per image, in shard order.
 
-    Downloads run one image ahead in a thread so network and CPU overlap. Transient S3 errors are retried
-    (`retry`); others, and those that outlast the retry budget, propagate except a missing source: they are
-    infrastructure errors and fail the pod. Nothing about one image does: a bad image, and any unexpected
-    exception while decoding or resizing it, is a failed record naming the error (with the variants uploaded
-    before it, if any). Variants are uploaded as they are made, so only one is in memory at a time.
+    Every core: `workers` images are rendered at once (0: one per CPU of the pod's quota, or
+    KRESIZE_RENDER_WORKERS; cores.render_workers), in threads, since Pillow releases the GIL while it decodes,
+    resamples and encodes. Downloads run ahead of them in their own threads, and each image's variants are
+    uploaded while its next one is made, so network and CPU overlap. Memory is bounded by the images in flight:
+    at most `workers` + cores.FETCH_AHEAD downloaded and not finished, each with at most two variants in memory.
+
+    In flight, images start in shard order but finish in any order: with N workers up to N images are being
+    rendered at once, and a quick one may finish before a slower one started earlier. The API shows the first
+    unfinished image of a shard as the active one; with N workers it is one of the up to N being rendered.
+
+    Transient S3 errors are retried (`retry`); others, and those that outlast the retry budget, propagate except
+    a missing source: they are infrastructure errors and fail the pod (no further image starts, those in flight
+    finish first). Nothing about one image does: a bad image, and any unexpected exception while decoding or
+    resizing it, is a failed record naming the error (with the variants uploaded before it, if any), whatever
+    the other workers are doing.
 
     Images in `done` (finished by an earlier attempt) are not made again: their records are returned as
-    they are. `on_result` sees each new record as soon as it exists. When `stop` is set, the shard ends after
-    the image in flight and returns what it has (the caller checkpoints it and exits: see run_from_env).
+    they are. `on_result` sees each new record once, as soon as the image is finished (one call at a time,
+    from the worker that finished it). When `stop` is set, no further image starts, the ones in flight
+    finish, and the shard returns what it has (the caller checkpoints it and exits: see run_from_env).
 
     With `cache_bucket` (the platform bucket), each image whose variants are all uploaded gets a result-cache
     entry per target there (layout.cache_key), for later jobs to reuse (the operator's reuse.py).
@@ -242,37 +255,50 @@ def process_shard(
     originals_trusted = shard.source_bucket == cache_bucket
     source_bucket, output_bucket = shard.source_bucket, shard.output_bucket
     records: list[ImageResult] = []
+    lock = threading.Lock()  # records and on_result (the Checkpointer) are shared by the render workers
 
     def finished(result: ImageResult) -> None:
-        records.append(result)
-        if on_result is not None:
-            on_result(result)
+        with lock:
+            records.append(result)
+            if on_result is not None:
+                on_result(result)
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending: Future[tuple[bytes, str | None]] | None = None
-        for position, image in enumerate(images):
-            if stop is not None and stop.is_set():
-                break
-            if pending is None:
-                pending = pool.submit(_download, client, source_bucket, image.key, limits, retry)
-            current, pending = pending, None
-            if position + 1 < len(images):
-                pending = pool.submit(_download, client, source_bucket, images[position + 1].key, limits, retry)
-            started = time.perf_counter()
-            try:
-                data, etag = current.result()  # S3 errors other than a missing source propagate: infrastructure
-            except SourceMissing as error:
-                finished(ImageResult.failed(image.key, str(error)))
-                log.info("failed %s: %s", image.key, error, extra={"image": image.key})
-                continue
-            del current
-            identity = scoped_identity(shard.cache_scope, _source_identity(image.key, etag, data, originals_trusted)
-                                       ) if cache_bucket else None
-            variants = render_each(data, targets, operations, limits)
-            del data  # the pipeline drops the encoded input once decoded
-            outputs: list[Variant] = []
-            etags: dict[str, str | None] = {}
-            failure: str | None = None
+    def fetch(image: ImageRef) -> tuple[bytes, str | None] | SourceMissing:
+        try:  # S3 errors other than a missing source propagate: infrastructure
+            return _download(client, source_bucket, image.key, limits, retry)
+        except SourceMissing as error:
+            return error
+
+    def upload(key: str, data: bytes, content_type: str) -> str | None:
+        return retry.call(f"PUT {key}", _put, client, output_bucket, key, data, content_type)
+
+    def render(image: ImageRef, fetched: tuple[bytes, str | None] | SourceMissing) -> None:
+        started = time.perf_counter()
+        if isinstance(fetched, SourceMissing):
+            finished(ImageResult.failed(image.key, str(fetched)))
+            log.info("failed %s: %s", image.key, fetched, extra={"image": image.key})
+            return
+        data, etag = fetched
+        del fetched
+        identity = scoped_identity(shard.cache_scope, _source_identity(image.key, etag, data, originals_trusted)
+                                   ) if cache_bucket else None
+        variants = render_each(data, targets, operations, limits)
+        del data  # the pipeline drops the encoded input once decoded
+        outputs: list[Variant] = []
+        etags: dict[str, str | None] = {}
+        failure: str | None = None
+        # One variant is uploaded while the next is made: at most two of an image's variants in memory.
+        sending: tuple[Variant, Future[str | None]] | None = None
+
+        def sent() -> None:
+            nonlocal sending
+            if sending is not None:
+                output, put = sending
+                sending = None
+                etags[output.target] = put.result()
+                outputs.append(output)
+
+        try:
             while True:
                 try:
                     variant = next(variants, None)
@@ -284,23 +310,29 @@ def process_shard(
                     failure = f"unexpected error while resizing: {type(error).__name__}: {error}"
                     log.warning("failed %s: %s", image.key, failure, exc_info=True, extra={"image": image.key})
                     break
+                sent()
                 if variant is None:
                     break
                 key = layout.output_key(shard.output_prefix, image.id, variant.target, variant.extension)
-                etags[variant.target] = retry.call(f"PUT {key}", _put, client, output_bucket, key, variant.data,
-                                                   OUTPUTS[variant.format].content_type)
-                outputs.append(Variant(variant.target, key, variant.width, variant.height, variant.format,
-                                       len(variant.data)))
-                del variant  # before the next variant is made
-            outputs.sort(key=lambda output: names.index(output.target))  # made smallest first
-            if failure is None and cache_bucket and identity:
-                _write_cache_entries(client, cache_bucket, identity, hashes, output_bucket, outputs, etags)
-            seconds = time.perf_counter() - started
-            finished(ImageResult(image.key, "failed", failure, tuple(outputs), seconds) if failure
-                     else ImageResult.succeeded(image.key, outputs, seconds))
-            if failure is None:
-                log.info("resized %s into %d variants in %.0f ms", image.key, len(outputs),
-                         (time.perf_counter() - started) * 1000, extra={"image": image.key})
+                sending = (Variant(variant.target, key, variant.width, variant.height, variant.format,
+                                   len(variant.data)),
+                           uploads.submit(upload, key, variant.data, OUTPUTS[variant.format].content_type))
+                del variant  # the upload holds it until sent
+        finally:
+            sent()  # an image's uploads end with it (an infrastructure error in one propagates from here)
+        outputs.sort(key=lambda output: names.index(output.target))  # made smallest first
+        if failure is None and cache_bucket and identity:
+            _write_cache_entries(client, cache_bucket, identity, hashes, output_bucket, outputs, etags)
+        seconds = time.perf_counter() - started
+        finished(ImageResult(image.key, "failed", failure, tuple(outputs), seconds) if failure
+                 else ImageResult.succeeded(image.key, outputs, seconds))
+        if failure is None:
+            log.info("resized %s into %d variants in %.0f ms", image.key, len(outputs), seconds * 1000,
+                     extra={"image": image.key})
+
+    workers = workers or render_workers()
+    with ThreadPoolExecutor(workers, thread_name_prefix="upload") as uploads:
+        pipelined(images, fetch, render, workers, stop=stop)
     made = {record.source: record for record in records}
     return [done.get(image.key) or made[image.key] for image in shard.images
             if image.key in done or image.key in made]
@@ -314,6 +346,7 @@ def run_from_env() -> int:
         retry = RetryPolicy.from_env()
         work = os.environ[PodEnv.WORK_PREFIX]
         index = int(os.environ[PodEnv.INDEX])
+        workers = render_workers()
     except (KeyError, ValueError) as error:
         logging.getLogger("kresize.resizer").error("bad configuration: %s", error)
         return 2
@@ -338,11 +371,12 @@ def run_from_env() -> int:
                 reused = sum(1 for record in done.values() if record.reused)
                 log.info("shard %d: %d of %d images were finished by an earlier attempt%s; not redoing them", index,
                          len(done), len(shard.images), f" ({reused} reused from earlier jobs)" if reused else "")
+            log.info("shard %d: rendering %d images at once", index, workers)
             stop = threading.Event()
-            # SIGTERM (a scale-down or a deletion): finish the image in flight, checkpoint, exit STOPPED_EXIT_CODE.
+            # SIGTERM (a scale-down or a deletion): finish the images in flight, checkpoint, exit STOPPED_EXIT_CODE.
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             records = process_shard(client, shard, limits, retry, done=done, on_result=checkpoints.add, stop=stop,
-                                    cache_bucket=settings.bucket)
+                                    cache_bucket=settings.bucket, workers=workers)
             checkpoints.flush()
             if len(records) < len(shard.images):
                 log.info("shard %d stopped by SIGTERM after %d of %d images; checkpointed", index, len(records),
