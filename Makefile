@@ -40,6 +40,7 @@ generate: install tools ## regenerate derived files (chart CRD template, package
 
 bench: install tools ## resize throughput, latency and memory against references; API memory; the scheduler at scale
 	$(PY) bench/bench_resize.py
+	$(PY) bench/bench_cores.py
 	$(PY) bench/bench_api_memory.py
 	$(PY) bench/bench_api_status.py
 	$(PY) bench/bench_reuse.py

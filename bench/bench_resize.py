@@ -24,8 +24,7 @@ upscaled once into a temporary folder) and on a 2048x1536 PNG with an alpha grad
 
     python bench/bench_resize.py [--rounds N] [--quick] [--workloads thumbnail,three,24mp,alpha]
 
-Not measured here yet: a batch through `kresize-resizer run` with 1 and 2 CPUs (the render worker pool of
-issue 11 is not built).
+A batch through `kresize-resizer run` with 1 and 2 CPUs (images/s and the 2-vs-1 ratio): bench/bench_cores.py.
 """
 
 from __future__ import annotations
