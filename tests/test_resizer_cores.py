@@ -13,7 +13,14 @@ from kresize_common.config import ImageLimits
 from kresize_common.records import ImageResult, ShardManifest
 from kresize_common.s3 import ensure_bucket
 from kresize_resizer import cores, worker
-from kresize_resizer.cores import cgroup_cpu_max, cpu_budget, pipelined, render_workers
+from kresize_resizer.cores import (
+    cgroup_cpu_max,
+    cgroup_memory_max,
+    cpu_budget,
+    memory_workers,
+    pipelined,
+    render_workers,
+)
 from kresize_resizer.worker import process_shard
 from minio import Minio
 
@@ -39,8 +46,30 @@ def test_cpu_budget(cpu_max, affinity, expected):
     assert cpu_budget(cpu_max, affinity) == expected
 
 
+GIB = 1024**3
+
+
+@pytest.mark.parametrize(("memory_max", "cpus", "expected"), [
+    (None, 2, 2),  # no limit
+    ("max", 4, 4),  # v2, no limit
+    ("9223372036854771712", 2, 2),  # v1, no limit
+    (str(GIB), 2, 1),  # the chart's 1 GiB: one worst-case image at a time, however many CPUs
+    (str(2 * GIB), 2, 2),
+    (str(3 * GIB), 2, 2),  # never more than the CPUs
+    (str(GIB // 2), 2, 1),  # at least 1
+    ("garbage", 2, 2),
+])
+def test_memory_workers(memory_max, cpus, expected):
+    assert memory_workers(memory_max, cpus) == expected
+
+
 def test_the_cgroup_files(tmp_path):
-    assert cgroup_cpu_max(tmp_path) is None
+    assert cgroup_cpu_max(tmp_path) is None and cgroup_memory_max(tmp_path) is None
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("1073741824\n")
+    assert cgroup_memory_max(tmp_path) == "1073741824"  # v1
+    (tmp_path / "memory.max").write_text("max\n")
+    assert cgroup_memory_max(tmp_path) == "max"  # v2 first
     (tmp_path / "cpu").mkdir()
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("150000\n")
     (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
@@ -53,7 +82,7 @@ def test_the_override(monkeypatch):
     monkeypatch.setenv("KRESIZE_RENDER_WORKERS", "3")
     assert render_workers() == 3
     monkeypatch.setenv("KRESIZE_RENDER_WORKERS", "0")  # automatic
-    assert render_workers() == cpu_budget(cgroup_cpu_max(), cores._affinity())
+    assert render_workers() == memory_workers(cgroup_memory_max(), cpu_budget(cgroup_cpu_max(), cores._affinity()))
     monkeypatch.setenv("KRESIZE_RENDER_WORKERS", "-1")
     with pytest.raises(ValueError, match="KRESIZE_RENDER_WORKERS"):
         render_workers()
@@ -206,3 +235,11 @@ def test_local_uses_the_same_workers(corpus, tmp_path):
     statuses = made[2][0]
     assert [s for s in statuses if s[1] == "failed"] == [
         ("DSCN0010.png", "failed", "another input already produced outputs for 'DSCN0010'")]
+
+
+def test_one_malloc_arena(monkeypatch):
+    """glibc's per-thread arenas would put the worst case over the pod's 1 GiB (tests/test_resizer_limits.py)."""
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert cores.limit_malloc_arenas() is False  # whoever set it decides
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert cores.limit_malloc_arenas() is True  # glibc (the image, this machine)

@@ -245,7 +245,8 @@ class PodEnv:
     WORK_PREFIX = "KRESIZE_WORK_PREFIX"  # jobs/<ns>/<job>/<uid>/: where the shard manifests and results are
     INDEX = "JOB_COMPLETION_INDEX"  # set by the Job controller for Indexed Jobs
     S3_RETRY_SECONDS = "KRESIZE_S3_RETRY_SECONDS"
-    # Images rendered at once; 0 or unset: one per CPU of the pod's quota (kresize_resizer.cores).
+    # Images rendered at once; 0 or unset: one per CPU of the pod's quota, as far as its memory limit holds
+    # worst-case images (kresize_resizer.cores.render_workers).
     RENDER_WORKERS = "KRESIZE_RENDER_WORKERS"
     # The exit code of a pod stopped by SIGTERM (a scale-down, a deletion) after checkpointing its finished
     # images: the Job's pod failure policy ignores it, so it never counts against backoffLimitPerIndex.

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument("--input", type=Path, required=True, help="folder of images")
     local.add_argument("--output", type=Path, required=True, help="folder for the variants and results.json")
     args = parser.parse_args(argv)
+    from .cores import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before the render workers start: the memory bound of docs/design.md holds
 
     if args.command == "run":
         from .worker import run_from_env

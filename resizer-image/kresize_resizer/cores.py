@@ -7,6 +7,7 @@ GIL while it decodes, resamples and encodes.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import threading
@@ -22,9 +23,13 @@ T = TypeVar("T")
 D = TypeVar("D")
 
 CGROUP = Path("/sys/fs/cgroup")
-# Images fetched ahead of the render workers: enough that a worker never waits for the network, few enough
-# that memory stays bounded by the workers (each image in flight holds its encoded bytes, at most max_bytes).
-FETCH_AHEAD = 2
+# Images fetched ahead of the render workers: one, as before the workers (the memory bound of docs/design.md
+# counts "the next download"), is enough that a worker rarely waits for the network, and each image in
+# flight holds its encoded bytes (up to max_bytes).
+FETCH_AHEAD = 1
+# What one image may take at worst under the default image limits, the interpreter included (docs/design.md,
+# "Memory bounds": ~880 MiB; tests/test_resizer_limits.py measures it): the chart's 1 GiB pod holds one worker.
+WORST_IMAGE_BYTES = 1024**3
 
 
 def cpu_budget(cpu_max_text: str | None, affinity: int) -> int:
@@ -47,6 +52,40 @@ def cpu_budget(cpu_max_text: str | None, affinity: int) -> int:
     return max(1, min(affinity, math.ceil(quota / period)))
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_malloc_arenas() -> bool:
+    """One malloc arena for the process (unless MALLOC_ARENA_MAX says otherwise), before any worker starts.
+
+    glibc gives each thread that allocates its own arena, and memory freed in one is not reused by another:
+    with the render in a thread of its own the worst case of tests/test_resizer_limits.py peaked at 1084 MiB
+    instead of 790, over the pod's 1 GiB. Pillow's large buffers are mmapped anyway, so the workers barely
+    contend for the one arena. False where there is no glibc (a laptop's `kresize-resizer local`)."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, 1))
+    except (OSError, AttributeError):
+        return False
+
+
+def memory_workers(memory_max_text: str | None, cpus: int) -> int:
+    """At most as many workers as the memory limit holds worst-case images (WORST_IMAGE_BYTES each), and no
+    more than `cpus`: a pod given 2 CPUs but 1 GiB renders one image at a time rather than risk the OOM killer.
+
+    `memory_max_text` is cgroup v2's memory.max ("max" when unlimited) or v1's memory.limit_in_bytes (a huge
+    number when unlimited); None or unreadable: no limit.
+    """
+    cpus = max(1, cpus)
+    try:
+        limit = int((memory_max_text or "max").split()[0])
+    except (ValueError, IndexError):
+        return cpus
+    return max(1, min(cpus, limit // WORST_IMAGE_BYTES))
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text().strip()
@@ -66,6 +105,11 @@ def cgroup_cpu_max(root: Path = CGROUP) -> str | None:
     return None
 
 
+def cgroup_memory_max(root: Path = CGROUP) -> str | None:
+    """cgroup v2's memory.max, else cgroup v1's memory.limit_in_bytes; None without either."""
+    return _read(root / "memory.max") or _read(root / "memory" / "memory.limit_in_bytes")
+
+
 def _affinity() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -74,8 +118,10 @@ def _affinity() -> int:
 
 
 def render_workers() -> int:
-    """KRESIZE_RENDER_WORKERS when set to a positive number, else the CPU budget (0 or unset: automatic)."""
-    return env_int(PodEnv.RENDER_WORKERS, 0, minimum=0) or cpu_budget(cgroup_cpu_max(), _affinity())
+    """KRESIZE_RENDER_WORKERS when set to a positive number (whoever sets it answers for the memory), else
+    (0 or unset) one per CPU of the budget, as far as the memory limit holds them."""
+    return env_int(PodEnv.RENDER_WORKERS, 0, minimum=0) or memory_workers(
+        cgroup_memory_max(), cpu_budget(cgroup_cpu_max(), _affinity()))
 
 
 def pipelined(items: Sequence[T], fetch: Callable[[T], D], process: Callable[[T, D], None], workers: int, *,
@@ -96,12 +142,13 @@ def pipelined(items: Sequence[T], fetch: Callable[[T], D], process: Callable[[T,
     def halted() -> bool:
         return halt.is_set() or (stop is not None and stop.is_set())
 
-    def run(item: T, fetched: Future[D | None]) -> None:
+    def run(item: T, fetched: list[Future[D | None]]) -> None:
         try:
-            data = fetched.result()  # fetched in order, started in order: never waits on a later item
-            if halted():  # (then data may be the None of an item never fetched)
+            fetched[0].result()  # fetched in order, started in order: never waits on a later item
+            if halted():  # (then it may be the None of an item never fetched)
                 return
-            process(item, cast(D, data))
+            # Only process holds the fetched data (not this frame, not the future): it can drop it once used.
+            process(item, cast(D, fetched.pop().result()))
         except BaseException:
             halt.set()
             raise
@@ -126,6 +173,6 @@ def pipelined(items: Sequence[T], fetch: Callable[[T], D], process: Callable[[T,
         for item in items:
             if not acquire():
                 break
-            futures.append(renderers.submit(run, item, fetchers.submit(get, item)))
+            futures.append(renderers.submit(run, item, [fetchers.submit(get, item)]))
     for future in futures:
         future.result()

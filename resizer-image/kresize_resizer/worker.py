@@ -214,11 +214,12 @@ def process_shard(
 ) -> list[ImageResult]:
     """Resize every image of a shard and upload its variants; returns one result record per image, in shard order.
 
-    Every core: `workers` images are rendered at once (0: one per CPU of the pod's quota, or
-    KRESIZE_RENDER_WORKERS; cores.render_workers), in threads, since Pillow releases the GIL while it decodes,
-    resamples and encodes. Downloads run ahead of them in their own threads, and each image's variants are
-    uploaded while its next one is made, so network and CPU overlap. Memory is bounded by the images in flight:
-    at most `workers` + cores.FETCH_AHEAD downloaded and not finished, each with at most two variants in memory.
+    Every core: `workers` images are rendered at once (0: one per CPU of the pod's quota as far as its memory
+    limit holds them, or KRESIZE_RENDER_WORKERS; cores.render_workers), in threads, since Pillow releases the
+    GIL while it decodes, resamples and encodes. Downloads run ahead of them in their own threads, and each
+    image's variants are uploaded while its next one is made, so network and CPU overlap. Memory is bounded by
+    the images in flight: at most `workers` + cores.FETCH_AHEAD downloaded and not finished, each with at most
+    two variants in memory.
 
     In flight, images start in shard order but finish in any order: with N workers up to N images are being
     rendered at once, and a quick one may finish before a slower one started earlier. The API shows the first
