@@ -13,7 +13,6 @@ import concurrent.futures
 import io
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,9 +22,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import CRD, NAMESPACE, create_s3_secret, install_api_tokens, kube_api, start_component  # noqa: E402
-from harness.kube import start_emulator  # noqa: E402
-from harness.s3 import start_s3  # noqa: E402
+from backends import start_backends  # noqa: E402
+from conftest import start_component  # noqa: E402
 
 MB = 1_000_000
 GOAL_MB = 200
@@ -64,16 +62,10 @@ def upload(url: str, token: str, files: list[bytes]) -> int:
 
 
 def main() -> int:
-    work = Path(tempfile.mkdtemp(prefix="kresize-bench-api-"))
-    (work / "s3").mkdir()
     print("making 4 noise PNGs of ~48 MB ...", flush=True)
     images = [noise_png(i) for i in range(4)]
-    s3 = start_s3(work / "s3")
-    emulator = start_emulator(crds=[CRD])
-    kubeconfig = emulator.write_kubeconfig(work / "kubeconfig")
-    api_client = kube_api(kubeconfig)
-    create_s3_secret(api_client, NAMESPACE, s3)
-    token = install_api_tokens(api_client, NAMESPACE, s3)["admin"]
+    backends = start_backends("api")
+    work, s3, kubeconfig, token = backends.work, backends.s3_server, backends.kubeconfig, backends.token
     # The chart's defaults but a request limit that admits a 200 MB request (the chart's is 200 MiB).
     api = start_component("api", s3, kubeconfig, work / "api.log", limits={"maxRequestBytes": 250 * 1024 * 1024})
     try:
@@ -100,8 +92,7 @@ def main() -> int:
         return 0 if all(peak < GOAL_MB for _, _, peak, _ in rows) else 1
     finally:
         api.stop()
-        emulator.stop()
-        s3.stop()
+        backends.stop()
 
 
 if __name__ == "__main__":

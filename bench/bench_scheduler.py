@@ -23,7 +23,6 @@ import json
 import re
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,11 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "operator"))
 
+from backends import start_backends  # noqa: E402
 from bench_api_memory import python_pid, reset_peak, rss_mb  # noqa: E402
-from conftest import CRD, NAMESPACE, create_s3_secret, kube_api, start_component  # noqa: E402
+from conftest import NAMESPACE, start_component  # noqa: E402
 from harness.jobs import JobRunner  # noqa: E402
-from harness.kube import start_emulator  # noqa: E402
-from harness.s3 import start_s3  # noqa: E402
 from kresize_operator.fairshare import Demand, jain_index, share  # noqa: E402
 
 BUCKET = "kresize"
@@ -272,16 +270,9 @@ def scenario_big(custom, emulator, watcher: Watcher, pid: int, s3) -> list[str]:
 
 
 def main() -> int:
-    work = Path(tempfile.mkdtemp(prefix="kresize-bench-scheduler-"))
-    (work / "s3").mkdir()
-    s3_server = start_s3(work / "s3")
-    emulator = start_emulator(crds=[CRD])
-    kubeconfig = emulator.write_kubeconfig(work / "kubeconfig")
-    api = kube_api(kubeconfig)
-    create_s3_secret(api, NAMESPACE, s3_server)
-    s3 = s3_server.client()
-    if not s3.bucket_exists(BUCKET):
-        s3.make_bucket(BUCKET)
+    backends = start_backends("scheduler")
+    work, s3_server, emulator = backends.work, backends.s3_server, backends.emulator
+    kubeconfig, api, s3 = backends.kubeconfig, backends.api, backends.s3_server.client()
     custom = kubernetes.client.CustomObjectsApi(api)
     watcher = Watcher(api)
     print("\nScheduler at scale (emulator platform, real operator, stand-in resizer; goals from issue 9)", flush=True)
@@ -310,8 +301,7 @@ def main() -> int:
         op.stop()
     if "fair" not in wanted:
         watcher.stop()
-        emulator.stop()
-        s3_server.stop()
+        backends.stop()
         return 0
     op = operator(6)
     runner = JobRunner(kubeconfig, NAMESPACE, work / "pods", entrypoints={
@@ -322,8 +312,7 @@ def main() -> int:
         runner.stop()
         op.stop()
         watcher.stop()
-        emulator.stop()
-        s3_server.stop()
+        backends.stop()
     print(f"   (operator peak RSS over scenarios 1 and 3: {peak_all:.0f} MB)")
     return 0
 
