@@ -504,7 +504,7 @@ def test_refuses_a_declared_length_over_the_limit_before_reading(server: Server)
     started = time.monotonic()
     error = failure(server.url("/huge.png"), limits(max_bytes=1000), dest)
     assert error.reason == "size" and "1000000000" in str(error)
-    assert time.monotonic() - started < 2 and dest.getvalue() == b""
+    assert time.monotonic() - started < 5 and dest.getvalue() == b""  # not the server's 10 s hold
 
 
 def test_stops_a_chunked_body_at_the_limit(server: Server) -> None:
@@ -512,7 +512,7 @@ def test_stops_a_chunked_body_at_the_limit(server: Server) -> None:
     dest = io.BytesIO()
     started = time.monotonic()
     assert failure(server.url("/endless.png"), limits(max_bytes=100_000), dest).reason == "size"
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10  # at the limit, not at the 20 s deadline
     assert len(dest.getvalue()) <= 100_000
 
 
@@ -562,7 +562,7 @@ def test_the_whole_download_has_one_deadline(server: Server, route: Route) -> No
     error = failure(server.url("/slow.png"), limits(timeout_seconds=1.0, max_bytes=10**9))
     elapsed = time.monotonic() - started
     assert error.reason == "timeout", str(error)
-    assert 0.9 < elapsed < 2.0
+    assert 0.9 < elapsed < 4.0  # the 1 s deadline, with room for a loaded machine; the servers go on far longer
 
 
 def test_a_slow_resolver_counts_against_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -575,7 +575,7 @@ def test_a_slow_resolver_counts_against_the_deadline(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(socket, "getaddrinfo", slow)
     started = time.monotonic()
     assert failure("http://slow.test/x.png", FetchLimits(timeout_seconds=0.5)).reason == "timeout"
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 3  # the 0.5 s deadline, not the resolver's 5 s
     release.set()
 
 

@@ -504,5 +504,11 @@ def fetch(url: str, dest: BinaryIO, limits: FetchLimits) -> Fetched:
             finally:
                 deadline.release(sock, response)
         raise AssertionError("unreachable: the last hop returns or raises")  # pragma: no cover
+    except FetchError as error:
+        if deadline.expired and error.reason != "timeout":
+            # The watchdog shut the socket mid-answer: what was parsed after that (headers cut short, so no
+            # Content-Type, say) is not what the server said. The fetch ran out of time.
+            raise _timeout(error.url) from None
+        raise
     finally:
         deadline.cancel()
