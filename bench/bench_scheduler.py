@@ -37,6 +37,7 @@ from backends import start_backends  # noqa: E402
 from bench_api_memory import python_pid, reset_peak, rss_mb  # noqa: E402
 from conftest import NAMESPACE, start_component  # noqa: E402
 from harness.jobs import JobRunner  # noqa: E402
+from kresize_common.ranges import expand_ranges  # noqa: E402
 from kresize_operator.fairshare import Demand, jain_index, share  # noqa: E402
 
 BUCKET = "kresize"
@@ -96,7 +97,7 @@ class Watcher:
             for event in kubernetes.watch.Watch().stream(batch.list_namespaced_job, NAMESPACE, timeout_seconds=60):
                 job = event["object"]
                 status = job.status or kubernetes.client.V1JobStatus()
-                self.completed[job.metadata.name] = len(_ranges(status.completed_indexes))
+                self.completed[job.metadata.name] = len(expand_ranges(status.completed_indexes))
                 self.parallelism[job.metadata.name] = 0 if job.spec.suspend else (job.spec.parallelism or 0)
                 if any(c.type in ("Complete", "Failed") and c.status == "True" for c in (status.conditions or [])):
                     self.job_done.setdefault(job.metadata.name, time.monotonic())
@@ -224,15 +225,6 @@ def scenario_fairness(custom, watcher: Watcher, runner: JobRunner, s3, budget: i
         f"(the old rule, one pod per shard of 8-200 images with 4 shards a pod: {old_starts}, "
         f"{old_starts / images * 1000:.0f} per 1,000; ratio {starts / old_starts:.2f}x)",
     ]
-
-
-def _ranges(text: str | None) -> set[int]:
-    out: set[int] = set()
-    for part in (text or "").split(","):
-        if part:
-            low, _, high = part.partition("-")
-            out.update(range(int(low), int(high or low) + 1))
-    return out
 
 
 def scenario_big(custom, emulator, watcher: Watcher, pid: int, s3) -> list[str]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kresize_common import layout
+from kresize_common.ranges import expand_ranges
 from kresize_common.records import (
     ImageResult,
     ShardManifest,
@@ -347,7 +348,7 @@ class _Plan:
         rejected, keys = list(source.get("rejected") or []), list(source.get("keys") or [])
         shard_size = int(status.get("shardSize") or 0)
         planned = len(keys) if keys else max(0, int(status.get("total") or 0) - len(rejected)) if shard_size else 0
-        return cls(planned, rejected, shard_size, _ranges(status.get("countedIndexes")), keys,
+        return cls(planned, rejected, shard_size, expand_ranges(status.get("countedIndexes")), keys,
                    source.get("prefix") or "")
 
 
@@ -359,15 +360,3 @@ def _item(index: int, filename: str | None, source: str | None, state: str, erro
           outputs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {"index": index, "filename": filename or None, "source": source, "state": state, "error": error,
             "reused": False, "outputs": outputs or []}
-
-
-def _ranges(text: str | None) -> set[int]:
-    """'0-2,5' -> {0, 1, 2, 5} (status.countedIndexes, in the Job controller's format)."""
-    found: set[int] = set()
-    for part in (text or "").split(","):
-        if "-" in part:
-            low, high = part.split("-", 1)
-            found.update(range(int(low), int(high) + 1))
-        elif part.strip():
-            found.add(int(part))
-    return found

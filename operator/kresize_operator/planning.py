@@ -20,6 +20,8 @@ import hashlib
 import math
 from dataclasses import dataclass
 
+from kresize_common.ranges import compress_ranges, expand_ranges  # noqa: F401 (planning.* for callers)
+
 from .config import Sharding
 
 
@@ -60,32 +62,6 @@ def parse_timestamp(text: str | None) -> datetime.datetime | None:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
-def expand_ranges(text: str | None) -> set[int]:
-    """'0-2,5' -> {0, 1, 2, 5} (the format of Job status completedIndexes/failedIndexes)."""
-    out: set[int] = set()
-    for part in (text or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        low, _, high = part.partition("-")
-        out.update(range(int(low), int(high or low) + 1))
-    return out
-
-
-def compress_ranges(indexes: set[int] | list[int]) -> str:
-    """{0, 1, 2, 5} -> '0-2,5'."""
-    parts: list[str] = []
-    ordered = sorted(set(indexes))
-    start: int | None = None
-    previous: int | None = None
-    for index in [*ordered, None]:
-        if start is not None and previous is not None and (index is None or index != previous + 1):
-            parts.append(str(start) if start == previous else f"{start}-{previous}")
-            start = None
-        if index is not None and start is None:
-            start = index
-        previous = index
-    return ",".join(parts)
 
 
 def final_phase(succeeded: int, failed: int, total: int) -> str:
