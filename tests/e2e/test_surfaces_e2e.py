@@ -4,7 +4,9 @@ web page and offline docs, the `kresize` CLI, images by URL refused by the SSRF 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,8 @@ import httpx
 import pytest
 from conftest import CORPUS
 from harness.procs import wait_for
+from kresize_resizer.cores import memory_workers
+from kubernetes.utils import parse_quantity
 
 pytestmark = pytest.mark.e2e
 TERMINAL = {"Succeeded", "PartiallyFailed", "Failed"}
@@ -108,3 +112,32 @@ def test_cli_submit_wait_and_download(cluster, tmp_path):
         assert len([p for p in tmp_path.rglob("*") if p.is_file()]) == 2
     finally:
         subprocess.run([str(KRESIZE), "cancel", name], env=env, timeout=60, capture_output=True)
+
+
+def test_a_resizer_pod_renders_one_image_per_cpu_its_limits_give(cluster):
+    """The pod sizes its render workers from its cgroup (CPU quota, memory limit): what it logs matches what its
+    Job's limits allow (its CPU limit rounded up, capped by cores.memory_workers at its memory limit)."""
+    name = "e2e-render-workers"
+    prefix = f"e2e/{name}/"
+    for path in photos():
+        cluster.s3.fput_object(cluster.bucket, f"{prefix}{path.name}", str(path))
+    cluster.kubectl("delete", "resizejob", name, "--ignore-not-found", "--wait=true", check=False)
+    cluster.custom.create_namespaced_custom_object("kresize.dev", "v1alpha1", cluster.namespace, "resizejobs", {
+        "apiVersion": "kresize.dev/v1alpha1", "kind": "ResizeJob", "metadata": {"name": name},
+        "spec": {"source": {"prefix": prefix}, "reuse": False, "targets": [{"name": "t", "width": 64}]}})
+    try:
+        wait_for(lambda: (cluster.resizejob(name).get("status") or {}).get("phase") in TERMINAL, 600, interval=2,
+                 message=f"{name} to finish")
+        pods = cluster.core.list_namespaced_pod(cluster.namespace,
+                                                label_selector=f"batch.kubernetes.io/job-name={name}-resize").items
+        assert pods
+        limits = pods[0].spec.containers[0].resources.limits or {}
+        cpus = math.ceil(parse_quantity(limits["cpu"])) if "cpu" in limits else None
+        memory = str(int(parse_quantity(limits["memory"]))) if "memory" in limits else None
+        log = cluster.core.read_namespaced_pod_log(pods[0].metadata.name, cluster.namespace)
+        (logged,) = {int(n) for n in re.findall(r"rendering (\d+) images at once", log)}
+        if cpus is not None:
+            assert logged == memory_workers(memory, cpus), (limits, logged)
+        assert logged >= 1
+    finally:
+        cluster.kubectl("delete", "resizejob", name, "--ignore-not-found", "--wait=true", check=False)
