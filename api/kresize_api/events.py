@@ -64,7 +64,6 @@ class Feeds:
         self.poll_seconds, self.linger_seconds = poll_seconds, linger_seconds
         self.feeds: dict[str, Feed] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._unlisten: Callable[[], None] | None = None
 
     def _changed(self, name: str) -> None:
         """From the watch thread: wake the feed of a job that changed, if anyone watches it."""
@@ -75,7 +74,7 @@ class Feeds:
     async def stream(self, name: str, last_event_id: str | None) -> AsyncIterator[ServerSentEvent]:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-            self._unlisten = self.cache.listen(self._changed)
+            self.cache.listen(self._changed)  # for the app's life: the watch wakes the feed of a changed job
         feed = self.feeds.get(name)
         if feed is None or ((feed.task is None or feed.task.done()) and not feed.ended):
             feed = self.feeds[name] = Feed(name)
@@ -147,8 +146,7 @@ class Feeds:
             log.warning("events of %s stopped: %s: %s", feed.name, type(error).__name__, error)
             await feed.add("error", {"message": f"reading the job failed ({type(error).__name__}); reconnect"})
             await feed.add("end", feed.summary or {"name": feed.name})
-            feed.ended = False  # a new watcher starts a new feed
-            self.feeds.pop(feed.name, None)
+            self.feeds.pop(feed.name, None)  # a new watcher starts a new feed
             return
         feed.ended = True
         self._forget_later(feed)
