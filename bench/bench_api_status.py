@@ -29,10 +29,11 @@ from backends import start_backends  # noqa: E402
 from conftest import BUCKET, NAMESPACE, start_component  # noqa: E402
 from kresize_api.files import encode_cursor  # noqa: E402  (the cursor is opaque to clients, not to the bench)
 from kresize_common import layout  # noqa: E402
+from kresize_common.ranges import compress_ranges  # noqa: E402
 from kresize_common.records import ImageRef, ImageResult, ShardManifest, Variant, heartbeat_json  # noqa: E402
 from kresize_common.s3 import put_json  # noqa: E402
 from kresize_operator.config import Sharding  # noqa: E402
-from kresize_operator.planning import compress_ranges, plan_shards  # noqa: E402
+from kresize_operator.planning import plan_shards  # noqa: E402
 
 CLIENTS = 20
 REQUESTS_PER_CLIENT = 25

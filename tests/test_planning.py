@@ -1,10 +1,9 @@
 """Sharding, parallelism and status decisions of the operator (pure functions)."""
 
 import pytest
+from kresize_common.ranges import compress_ranges, expand_ranges
 from kresize_operator.config import Sharding
 from kresize_operator.planning import (
-    compress_ranges,
-    expand_ranges,
     final_phase,
     job_name_for,
     plan_shards,

@@ -20,8 +20,6 @@ import hashlib
 import math
 from dataclasses import dataclass
 
-from kresize_common.ranges import compress_ranges, expand_ranges  # noqa: F401 (planning.* for callers)
-
 from .config import Sharding
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import kopf
 from kresize_common import layout
+from kresize_common.ranges import compress_ranges, expand_ranges
 from kresize_common.records import results_from_json
 from kresize_common.s3 import get_json
 from kresize_common.spec import GROUP, PLURAL, VERSION
@@ -118,8 +119,8 @@ class Entry:
 
     def indexes(self) -> tuple[set[int], set[int]]:
         status = (self.job or {}).get("status") or {}
-        return (planning.expand_ranges(status.get("completedIndexes")),
-                planning.expand_ranges(status.get("failedIndexes")))
+        return (expand_ranges(status.get("completedIndexes")),
+                expand_ranges(status.get("failedIndexes")))
 
     def demand(self) -> int:
         """Pods this job could use now: its unfinished shards, at most spec.parallelism."""
@@ -285,7 +286,7 @@ class Scheduler:
         """Fold the results of newly finished indexes into the counts (blocking S3 reads). The counts and the
         counted indexes change in one status patch, so nothing is counted twice."""
         config, status, job_name = self.config, entry.status, entry.status.get("jobName", "")
-        counted = planning.expand_ranges(status.get("countedIndexes"))
+        counted = expand_ranges(status.get("countedIndexes"))
         succeeded, failures_count = int(status.get("succeeded") or 0), int(status.get("failed") or 0)
         reused = int(status.get("reused") or 0)
         failures = list(status.get("failures") or [])
@@ -310,7 +311,7 @@ class Scheduler:
                     failures.append({"source": record.source, "reason": record.error or "unknown error"})
             counted.add(index)
         return {"succeeded": succeeded, "failed": failures_count, "reused": reused, "failures": failures,
-                "countedIndexes": planning.compress_ranges(counted)}
+                "countedIndexes": compress_ranges(counted)}
 
     def _final(self, entry: Entry, counts: dict[str, Any],
                finished: tuple[str, str, str]) -> tuple[list[tuple[str, str, str]], dict[str, Any]]:
@@ -343,7 +344,7 @@ class Scheduler:
     # -- 2. progress image by image ------------------------------------------------------------------
     def _done(self, entry: Entry, succeeded: int, failed: int, counted_indexes: str | None) -> int:
         """Images done: those of counted indexes, and those checkpointed by indexes not counted yet."""
-        counted = planning.expand_ranges(counted_indexes)
+        counted = expand_ranges(counted_indexes)
         inflight = sum(n for key, n in entry.checkpointed.items() if _checkpoint_index(entry.work, key) not in counted)
         return min(int(entry.status.get("total") or 0), succeeded + failed + inflight)
 
