@@ -23,6 +23,7 @@ from kresize_resizer.pipeline import (
     ENCODING,
     Encoding,
     Sampling,
+    _stored_box,
     _upright_box,
     decode,
     output_size,
@@ -249,3 +250,12 @@ def test_encoder_defaults_are_the_measured_ones_and_can_be_overridden():
     assert not pixels(plain.data).info.get("progressive") and pixels(progressive.data).info.get("progressive")
     (baseline,) = render(data, [target], NO_OPS, LIMITS, Encoding(jpeg_optimize=False))
     assert len(plain.data) < len(baseline.data)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_stored_box_undoes_upright_box(orientation):
+    stored = (7, 4)
+    box = (1.0, 0.5, 3.25, 2.0)
+    upright = _upright_box(box, stored, orientation)
+    size = (stored[1], stored[0]) if orientation >= 5 else stored
+    assert _stored_box(upright, size, orientation) == pytest.approx(box)

@@ -4,9 +4,10 @@ Order: limits (bytes, then pixels from the header, before any decoding) -> JPEG 
 target needs -> output limits (every target's size from the upright original's size: before decoding when the
 orientation is known, again after) -> integrity of the compressed stream (PNG, deflate TIFF) -> decode (once)
 -> ICC profile to sRGB (unless it waits, below) -> mode normalisation (CMYK, palette, 16-bit, alpha; RGBA and
-LA premultiplied) -> a whole-factor `reduce()` as far as every target allows -> EXIF auto-rotation (`decode`)
--> resample once per target (`plan`, below) -> per target, one at a time, smallest first: pad (contain) ->
-operations -> alpha handling -> encode without metadata -> hand the variant out (`render_each`).
+LA premultiplied) -> a whole-factor `reduce()` as far as every target allows (`decode`) -> resample once per
+target (`plan`, below), turning what is resampled from the source upright (EXIF orientation: the rotation copies
+the smaller image) -> per target, one at a time, smallest first: pad (contain) -> operations -> alpha handling ->
+encode without metadata -> hand the variant out (`render_each`).
 
 Resample once, cascade down
 ---------------------------
@@ -73,7 +74,7 @@ WebP with transparency) and B the file's bytes (<= KRESIZE_MAX_FILE_BYTES), the 
     decoding   = B + d * P_in   d = 4 baseline JPEG, PNG, TIFF, BMP; 5 GIF (palette, then RGBA); 7 (4:2:0)
                                 to 10 (4:4:4) progressive JPEG (libjpeg keeps every coefficient); 9 AVIF;
                                 16 WebP (Pillow's WebPAnimDecoder holds two canvases, then copies the frame)
-    converting = 8 * P_in       rotating, premultiplying alpha, CMYK, 16-bit: the old and the new copy
+    converting = 8 * P_in       premultiplying alpha, CMYK, 16-bit: the old and the new copy
     a variant  = 4 * P_in       the source, until the last resize that reads it
                + 4 * Q          larger targets' resampled images kept for smaller ones (Q <= max(P_in / 4, 4 MP))
                + max(4 * P_r + 8 * P_out,   resizing: Pillow's intermediate P_r <= sqrt(P_in * P_out) (it
@@ -396,6 +397,12 @@ def _upright_box(box: Box, stored: tuple[int, int], orientation: int) -> Box:
     }.get(orientation, box)
 
 
+def _stored_box(box: Box, upright: tuple[int, int], orientation: int) -> Box:
+    """`box` in the upright image's coordinates (width x height `upright`) as a box in the stored image's: the
+    inverse of `_upright_box` (orientations 6 and 8 undo each other, the others undo themselves)."""
+    return _upright_box(box, upright, {6: 8, 8: 6}.get(orientation, orientation))
+
+
 @dataclass(frozen=True)
 class Sampling:
     """A region of the upright original (`box`, in the original's pixels) held at `size` pixels."""
@@ -547,19 +554,29 @@ def _normalise_mode(image: Image.Image) -> Image.Image:
 
 @dataclass(frozen=True)
 class Decoded:
-    """A decoded image, ready to resample: upright, in RGB, L or premultiplied RGBa/La, shrunk as far as every
-    target allows (JPEG draft, then a whole-factor reduce)."""
+    """A decoded image, ready to resample: in RGB, L or premultiplied RGBa/La, shrunk as far as every target
+    allows (JPEG draft, then a whole-factor reduce), still as stored: what is resampled from it is turned upright
+    (`orientation`), so the rotation copies the smaller images."""
 
     image: Image.Image
     format: str
     size: tuple[int, int]  # the upright original's: every output size and crop box is computed from it
-    held: Sampling  # what `image` holds of the original (a bit past its edge when shrunk by a factor)
+    held: Sampling  # what `image`, turned upright, holds of the original (past its edge when shrunk by a factor)
     transform: ImageCms.ImageCmsTransform | None  # sRGB conversion still to do on what is resampled from it
+    orientation: int = 1  # EXIF orientation: `_TRANSPOSE[orientation]` turns `image` upright
+
+    def resample(self, wanted: Sampling) -> Image.Image:
+        """`wanted` resampled from the source, upright (a new image unless `wanted` is the source as it is)."""
+        stored = self.image.size
+        box = _stored_box(wanted.within(self.held), _upright(stored, self.orientation), self.orientation)
+        image = _resample(self.image, _upright(wanted.size, self.orientation), box)
+        if self.orientation in _TRANSPOSE:
+            image = image.transpose(_TRANSPOSE[self.orientation])
+        return image
 
 
 def decode(data: bytes, targets: Sequence[Target], limits: ImageLimits) -> Decoded:
-    """Decode once, as small as the largest target allows, upright and (or about to be: `Decoded.transform`)
-    in sRGB.
+    """Decode once, as small as the largest target allows, and (or about to be: `Decoded.transform`) in sRGB.
 
     Fails (ImageError) on any decoding error, and before decoding or resizing when a target would exceed the
     output limits (`output_problem`)."""
@@ -617,7 +634,6 @@ def decode(data: bytes, targets: Sequence[Target], limits: ImageLimits) -> Decod
             # Pillow resizes and reduces RGBA and LA premultiplied, converting the whole input on every call:
             # convert once instead (and before the reduce below, which must average premultiplied values).
             image = image.convert(_PREMULTIPLIED[image.mode])
-        # Reduce before rotating: the rotation then copies the smaller image.
         held = Sampling(_upright_box((0.0, 0.0, image.width * scale, image.height * scale), stored, orientation),
                         _upright(image.size, orientation))
         factor = _shrink_factor(held, [sampling(*size, target) for target in targets])
@@ -626,8 +642,6 @@ def decode(data: bytes, targets: Sequence[Target], limits: ImageLimits) -> Decod
             scale *= factor
             held = Sampling(_upright_box((0.0, 0.0, image.width * scale, image.height * scale), stored,
                                          orientation), _upright(image.size, orientation))
-        if orientation in _TRANSPOSE:
-            image = image.transpose(_TRANSPOSE[orientation])  # the decoded original goes right after
         if isinstance(image, ImageFile.ImageFile) and source_format in ("WEBP", "AVIF"):
             # Still the opened file, whose decoder holds canvases of the whole image: keep only the pixels.
             image = image.copy()
@@ -637,7 +651,7 @@ def decode(data: bytes, targets: Sequence[Target], limits: ImageLimits) -> Decod
         raise ImageError("image needs more memory than this pod has") from None
     # Nothing of the source's metadata goes out.
     image.info = {}
-    return Decoded(image, source_format, size, held, transform)
+    return Decoded(image, source_format, size, held, transform, orientation)
 
 
 def _cover_box(src_w: int, src_h: int, out_w: int, out_h: int) -> Box:
@@ -761,11 +775,10 @@ def render_each(data: bytes, targets: Sequence[Target], operations: Operations, 
     Raises ImageError with a readable reason for a bad image (before the first variant when it is the input
     or the output limits); other exceptions are unexpected and propagate. Each step rebinds `variant`, so
     only the image a step reads and the one it makes are alive."""
-    decoded = decode(data, targets, limits)
+    source: Decoded | None = decode(data, targets, limits)  # dropped after the last resample that reads it
     del data  # the caller may drop its reference too: the encoded input is not needed any more
-    source: Image.Image | None = decoded.image
-    held, transform = decoded.held, decoded.transform
-    samplings = [sampling(*decoded.size, target) for target in targets]
+    held, transform, size, source_format = source.held, source.transform, source.size, source.format
+    samplings = [sampling(*size, target) for target in targets]
     parents = plan(samplings, max(held.pixels // _KEPT_SHARE, _KEPT_FLOOR))
     uses = [1 + parents.count(index) for index in range(len(targets))]  # its own turn, then its children's
     source_uses = parents.count(None)
@@ -777,10 +790,10 @@ def render_each(data: bytes, targets: Sequence[Target], operations: Operations, 
         parent = parents[index]
         if parent is None:
             assert source is not None
-            image = _resample(source, samplings[index].size, samplings[index].within(held))
+            image = source.resample(samplings[index])
             source_uses -= 1
             if transform is not None:  # converted after shrinking: fewer pixels, the colour error measured
-                image = _convert(image, transform, in_place=image is not source)
+                image = _convert(image, transform, in_place=image is not source.image)
             if not source_uses:
                 source = None
         elif samplings[index] == samplings[parent]:
@@ -805,12 +818,12 @@ def render_each(data: bytes, targets: Sequence[Target], operations: Operations, 
             kept[index] = resampled(index)  # parents first: each before its children, largest first
     except MemoryError:
         raise ImageError("image needs more memory than this pod has") from None
-    sizes = [output_size(*decoded.size, target) for target in targets]
+    sizes = [output_size(*size, target) for target in targets]
     order = sorted(range(len(targets)), key=lambda i: sizes[i][0] * sizes[i][1])
     steps = _operation_steps(operations)
     for index in order:
         target = targets[index]
-        fmt = _output_format(decoded.format, target)
+        fmt = _output_format(source_format, target)
         try:
             variant = _pad(_straight(turn(index)), target, sizes[index])
             for step in steps:
