@@ -21,7 +21,8 @@ import pytest
 import yaml
 from kresize_common.config import ImageLimits
 from kresize_common.spec import Operations, Target
-from kresize_resizer.pipeline import ImageError, render
+from kresize_resizer import pipeline
+from kresize_resizer.pipeline import ImageError, _check_png, render
 from PIL import Image, ImageChops
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
@@ -67,6 +68,15 @@ def assert_silently_different(clean: bytes, corrupt: bytes) -> None:
 # ---- PNG ----------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["inflated-once", "streamed"])
+def png_check(request, monkeypatch) -> str:
+    """Both ways the PNG check runs: image data inflated once and handed to Pillow stored, and (over
+    _STORED_PNG_MAX) inflated in a streamed check, then again by Pillow."""
+    if request.param == "streamed":
+        monkeypatch.setattr(pipeline, "_STORED_PNG_MAX", 0)
+    return request.param
+
+
 def png_chunks(data: bytes) -> list[tuple[bytes, int, int]]:
     """(type, offset of the chunk's length field, data length) of every chunk."""
     chunks, position = [], 8
@@ -108,7 +118,7 @@ def png_from_rows(width: int, height: int, rows: bytes, *extra_after_idat: bytes
 
 
 @pytest.mark.parametrize("crc", ["stale", "fixed"])
-def test_png_with_a_corrupt_idat_chunk_fails(photo, crc):
+def test_png_with_a_corrupt_idat_chunk_fails(photo, crc, png_check):
     """The original bug: this file was `succeeded` with its lower part black."""
     data = encoded(photo, "PNG")
     assert sum(1 for kind, _, _ in png_chunks(data) if kind == b"IDAT") > 3
@@ -123,7 +133,7 @@ def test_png_with_a_corrupt_idat_chunk_fails(photo, crc):
 
 @pytest.mark.parametrize("fraction", [0.02, 0.5, 0.98, 0.9999])
 @pytest.mark.parametrize("level", [0, 6])  # stored blocks, and deflate's Huffman codes
-def test_png_single_bit_flips_with_fixed_crcs_fail(photo, fraction, level):
+def test_png_single_bit_flips_with_fixed_crcs_fail(photo, fraction, level, png_check):
     """Pillow stops inflating at the last row, so it can miss the zlib Adler-32 at the end: we do not."""
     data = encoded(photo, "PNG", compress_level=level)
     corrupt = fix_crcs(xor(data, idat_position(data, fraction), b"\x04"))
@@ -131,7 +141,7 @@ def test_png_single_bit_flips_with_fixed_crcs_fail(photo, fraction, level):
         render(corrupt, FULL, Operations(), LIMITS)
 
 
-def test_png_whose_image_data_holds_fewer_rows_than_its_header_fails(photo):
+def test_png_whose_image_data_holds_fewer_rows_than_its_header_fails(photo, png_check):
     """A well-formed zlib stream with half the rows: Pillow alone returns it with a black lower half."""
     rows = b"".join(b"\x00" + photo.crop((0, y, 640, y + 1)).tobytes() for y in range(240))
     data = png_from_rows(640, 480, rows)
@@ -143,7 +153,7 @@ def test_png_whose_image_data_holds_fewer_rows_than_its_header_fails(photo):
 
 
 @pytest.mark.parametrize(("cut", "fails"), [("in-idat", True), ("before-iend", False), ("garbage-after", False)])
-def test_png_cut_short_fails_only_when_rows_are_missing(photo, cut, fails):
+def test_png_cut_short_fails_only_when_rows_are_missing(photo, cut, fails, png_check):
     """A file cut inside its image data is truncated; one that lost only IEND, or has bytes after it, still
     holds every row (Pillow reads both), so it is not refused for that."""
     data = encoded(photo, "PNG")
@@ -156,7 +166,7 @@ def test_png_cut_short_fails_only_when_rows_are_missing(photo, cut, fails):
         assert ImageChops.difference(pixels(data), photo).getbbox() is None
 
 
-def test_png_decode_error_is_not_swallowed_by_the_exif_probe(photo):
+def test_png_decode_error_is_not_swallowed_by_the_exif_probe(photo, png_check):
     """Valid CRCs and zlib stream, one row with an unknown filter type: only Pillow's decoder sees it.
 
     Pillow's getexif() on a PNG decodes the pixels (to reach an eXIf chunk after them); the pipeline used to
@@ -170,7 +180,7 @@ def test_png_decode_error_is_not_swallowed_by_the_exif_probe(photo):
         render(data, FULL, Operations(), LIMITS)
 
 
-def test_png_exif_after_the_image_data_still_rotates(photo):
+def test_png_exif_after_the_image_data_still_rotates(photo, png_check):
     """The orientation of a PNG is read after decoding, so an eXIf chunk after IDAT still counts."""
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise
@@ -178,6 +188,76 @@ def test_png_exif_after_the_image_data_still_rotates(photo):
     data = png_from_rows(640, 480, rows, png_chunk(b"eXIf", exif.tobytes()))
     (variant,) = render(data, [Target("t", 100, format="png")], Operations(), LIMITS)
     assert (variant.width, variant.height) == (100, 133)  # upright 480x640; unrotated it would be 100x75
+
+
+def interlaced_png(image: Image.Image) -> bytes:
+    """An Adam7-interlaced 8-bit RGB PNG (Pillow writes none): every pass's rows, filter type 0."""
+    rows = bytearray()
+    for x0, y0, dx, dy in pipeline._ADAM7:
+        for y in range(y0, image.height, dy):
+            line = b"".join(bytes(image.getpixel((x, y))) for x in range(x0, image.width, dx))
+            if line:
+                rows += b"\x00" + line
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", image.width, image.height, 8, 2, 0, 0, 1))
+    return b"\x89PNG\r\n\x1a\n" + header + png_chunk(b"IDAT", zlib.compress(bytes(rows))) + png_chunk(b"IEND", b"")
+
+
+def split_idat(data: bytes, pieces: int) -> bytes:
+    """The same PNG with its image data spread over `pieces` IDAT chunks."""
+    chunks = png_chunks(data)
+    stream = b"".join(data[position + 8:position + 8 + length] for kind, position, length in chunks if kind == b"IDAT")
+    step = -(-len(stream) // pieces)
+    out, written = bytearray(data[:8]), False
+    for kind, position, length in chunks:
+        if kind != b"IDAT":
+            out += data[position:position + 12 + length]
+        elif not written:
+            out += b"".join(png_chunk(b"IDAT", stream[i:i + step]) for i in range(0, len(stream), step))
+            written = True
+    return bytes(out)
+
+
+def png_kinds(photo: Image.Image) -> dict[str, bytes]:
+    small = photo.resize((97, 61))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    with_exif = encoded(small, "PNG")
+    iend = with_exif.rindex(b"IEND") - 4
+    return {
+        "rgb": encoded(small, "PNG"),
+        "rgba": encoded(small.convert("RGBA"), "PNG"),
+        "la": encoded(small.convert("LA"), "PNG"),
+        "palette-trns": encoded(small.convert("P"), "PNG", transparency=3),
+        "grey-16bit": encoded(small.convert("I;16"), "PNG"),
+        "bilevel": encoded(small.convert("1"), "PNG"),
+        "interlaced": interlaced_png(small),
+        "eight-idat-chunks": split_idat(encoded(small, "PNG", compress_level=1), 8),
+        "exif-after-idat": with_exif[:iend] + png_chunk(b"eXIf", exif.tobytes()) + with_exif[iend:],
+    }
+
+
+@pytest.mark.parametrize("kind", ["rgb", "rgba", "la", "palette-trns", "grey-16bit", "bilevel", "interlaced",
+                                  "eight-idat-chunks", "exif-after-idat"])
+def test_png_inflated_once_decodes_as_pillow_decodes_the_file(photo, kind):
+    """The checked PNG Pillow decodes (image data inflated by the check and stored) holds the same pixels and
+    metadata as the original, whatever the PNG's layout; and over _STORED_PNG_MAX the original is decoded."""
+    data = png_kinds(photo)[kind]
+    checked = _check_png(data)
+    assert checked != data, "the image data stored, uncompressed"
+    with Image.open(io.BytesIO(data)) as original, Image.open(io.BytesIO(checked)) as stored:
+        original.load()
+        stored.load()
+        assert (stored.mode, stored.size) == (original.mode, original.size)
+        assert stored.tobytes() == original.tobytes()
+        assert stored.info == original.info
+        assert stored.getexif() == original.getexif()
+    assert render(checked, FULL, Operations(), LIMITS) == render(data, FULL, Operations(), LIMITS)
+    limit = pipeline._STORED_PNG_MAX
+    try:
+        pipeline._STORED_PNG_MAX = 0
+        assert _check_png(data) is data
+    finally:
+        pipeline._STORED_PNG_MAX = limit
 
 
 # ---- JPEG ---------------------------------------------------------------------------------------------------
