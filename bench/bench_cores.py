@@ -7,8 +7,9 @@ with a 1- or 2-CPU limit does. The figure is wall clock from the process's start
 results write included) over the shard's images, and the shard alone (its log lines' times: no interpreter
 startup); rounds alternate 1 and 2 CPUs, medians are printed. The S3
 server runs on the same machine and takes CPU of its own (printed per run, with the pod's CPU time and the
-load average): with 1 CPU for the pod it has the other CPU to itself, with 2 it takes from the pod. On a shared
-machine the figures move with the load.
+load average): with 1 CPU for the pod it has the other CPU to itself, with 2 it takes from the pod. So each
+round also runs `kresize-resizer local` over the same images in a folder (the same render workers, no S3, the
+whole process timed): the resizer's own scaling. On a shared machine the figures move with the load.
 
     python bench/bench_cores.py [--rounds N] [--copies N]
 """
@@ -16,6 +17,7 @@ machine the figures move with the load.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -79,10 +81,27 @@ def run_pod(server, work: str, cpus: int) -> tuple[float, float]:
     return seconds, end - begin
 
 
+def run_local(folder: Path, spec: Path, cpus: int) -> float:
+    """Seconds of one `kresize-resizer local` over `folder` with `cpus` CPUs: the same render workers with no S3
+    server competing for the CPUs, so the pipeline's own scaling."""
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    available = sorted(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "kresize_resizer", "local", "--spec", str(spec), "--input",
+                                 str(folder), "--output", out], env=env, capture_output=True, text=True,
+                                preexec_fn=lambda: os.sched_setaffinity(0, available[:cpus]), timeout=600)
+        seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"kresize-resizer local failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--copies", type=int, default=4, help="copies of the corpus photos in the shard")
+    parser.add_argument("--copies", type=int, default=10,
+                        help="copies of the corpus photos in the shard (10: 90 images, shards hold 20 to 5000)")
     args = parser.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
         sys.exit("needs 2 CPUs")
@@ -95,6 +114,16 @@ def main() -> None:
             for path in photos:
                 client.fput_object(BUCKET, f"in/{copy}/{path.name}", str(path))
                 images.append({"key": f"in/{copy}/{path.name}", "id": f"{copy}/{path.stem}"})
+        folder = Path(workdir) / "local"
+        folder.mkdir()
+        for copy in range(args.copies):
+            for path in photos:
+                (folder / f"{copy}-{path.name}").write_bytes(path.read_bytes())
+        spec = Path(workdir) / "spec.json"
+        spec.write_text(json.dumps({"apiVersion": "kresize.io/v1alpha1", "kind": "ResizeJob",
+                                    "metadata": {"name": "bench"},
+                                    "spec": {"source": {"bucket": BUCKET, "prefix": "in/"}, "targets": TARGETS}}))
+        local_rates: dict[int, list[float]] = {1: [], 2: []}
         rates: dict[int, list[float]] = {1: [], 2: []}
         shard_rates: dict[int, list[float]] = {1: [], 2: []}
         shared: list[float] = []  # CPU-seconds the pod and the S3 server took between them in the 2-CPU runs
@@ -109,21 +138,25 @@ def main() -> None:
                 pod_cpu, s3_cpu = children_cpu(), cpu_seconds(server.proc.pid)
                 seconds, shard_seconds = run_pod(server, work, cpus)
                 pod_cpu, s3_cpu = children_cpu() - pod_cpu, cpu_seconds(server.proc.pid) - s3_cpu
+                local_seconds = run_local(folder, spec, cpus)
                 if round_:
+                    local_rates[cpus].append(len(images) / local_seconds)
                     rates[cpus].append(len(images) / seconds)
                     shard_rates[cpus].append(len(images) / shard_seconds)
                     if cpus == 2:
                         shared.append(pod_cpu + s3_cpu)
                     print(f"round {round_}: {cpus} CPU: {len(images)} images in {seconds:.2f} s "
                           f"({shard_seconds:.2f} s in the shard): {len(images) / seconds:.2f} images/s; CPU: the pod "
-                          f"{pod_cpu:.2f} s, the S3 server {s3_cpu:.2f} s; load average {os.getloadavg()[0]:.2f}",
+                          f"{pod_cpu:.2f} s, the S3 server {s3_cpu:.2f} s; `local`: {local_seconds:.2f} s; "
+                          f"load average {os.getloadavg()[0]:.2f}",
                           flush=True)
     print(f"\nbatch of {len(images)} images (corpus photos x{args.copies}, the three-target set), "
           f"`kresize-resizer run`, medians of {args.rounds} rounds; images/s (higher is better)")
-    print(f"{'CPUs':>5} {'whole pod':>10} {'shard only':>11}")
+    print(f"{'CPUs':>5} {'whole pod':>10} {'shard only':>11} {'local, no S3':>13}")
     for cpus in (1, 2):
-        print(f"{cpus:>5} {statistics.median(rates[cpus]):>10.2f} {statistics.median(shard_rates[cpus]):>11.2f}")
-    for name, figures in (("whole pod", rates), ("shard only", shard_rates)):
+        print(f"{cpus:>5} {statistics.median(rates[cpus]):>10.2f} {statistics.median(shard_rates[cpus]):>11.2f} "
+              f"{statistics.median(local_rates[cpus]):>13.2f}")
+    for name, figures in (("whole pod", rates), ("shard only", shard_rates), ("`kresize-resizer local`", local_rates)):
         ratio = statistics.median(figures[2]) / statistics.median(figures[1])
         print(f"2-CPU scaling, {name}: {ratio:.2f}x the images/s of 1 CPU; goal >= {GOAL}x: "
               f"{'met' if ratio >= GOAL else 'NOT met'}")

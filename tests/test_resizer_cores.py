@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -178,7 +179,9 @@ def test_a_stop_mid_shard_checkpoints_everything_finished_once(client, corpus, t
 
     first = process_shard(client, shard, ImageLimits(), workers=2, on_result=on_result, stop=stop)
     assert len(seen) == len(first) == len({r.source for r in seen})  # every finished image, once
-    assert 3 <= len(first) <= 3 + 2 - 1 < len(shard.images)  # at most the other worker's image finished too
+    # At most the images in flight besides the third finished too: two being rendered, and one more whose last
+    # upload was still going on in the background (worker.BACKGROUND_UPLOAD_MAX).
+    assert 3 <= len(first) <= 3 + 2 + 2 - 1 < len(shard.images)
     again: list[ImageResult] = []
     rest = process_shard(client, shard, ImageLimits(), workers=2, on_result=again.append,
                          done={r.source: r for r in seen})
@@ -189,32 +192,45 @@ def test_a_stop_mid_shard_checkpoints_everything_finished_once(client, corpus, t
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_memory_is_bounded_by_the_images_in_flight(client, corpus, tmp_path, monkeypatch, workers):
-    """Never more than workers + FETCH_AHEAD images downloaded and not finished, however long the shard and
-    however slow the renders (here the checkpoint callback, which runs before an image's slot is freed)."""
+    """Never more than workers + FETCH_AHEAD images downloaded and not yet rendered, however long the shard and
+    however slow the renders; besides them, at most `workers` images finishing in the background, which hold
+    only their last variant (worker.BACKGROUND_UPLOAD_MAX). The checkpoint callback is slow here."""
     work = f"jobs/test/cores-mem/{tmp_path.name}/"
     shard = make_shard(client, work, corpus, 2)
     lock = threading.Lock()
-    held, peak = 0, 0
-    download = worker._download
+    rendering, unfinished = 0, 0  # downloaded and not rendered; downloaded and not reported
+    peak_rendering, peak_unfinished = 0, 0
+    download, render_each = worker._download, worker.render_each
 
     def counted(*args, **kwargs):
-        nonlocal held, peak
+        nonlocal rendering, unfinished, peak_rendering, peak_unfinished
         result = download(*args, **kwargs)
         with lock:
-            held += 1
-            peak = max(peak, held)
+            rendering += 1
+            unfinished += 1
+            peak_rendering, peak_unfinished = max(peak_rendering, rendering), max(peak_unfinished, unfinished)
         return result
 
-    def on_result(_record: ImageResult) -> None:
-        nonlocal held
+    def rendered(*args, **kwargs):
+        nonlocal rendering
+        yield from render_each(*args, **kwargs)
         with lock:
-            held -= 1
+            rendering -= 1
+
+    def on_result(_record: ImageResult) -> None:
+        nonlocal unfinished
+        time.sleep(0.05)
+        with lock:
+            unfinished -= 1
 
     monkeypatch.setattr(worker, "_download", counted)
+    monkeypatch.setattr(worker, "render_each", rendered)
     records = process_shard(client, shard, ImageLimits(), workers=workers, on_result=on_result)
-    assert len(records) == len(shard.images) and held == 0
-    assert peak <= workers + cores.FETCH_AHEAD, peak
-    assert peak > 1  # downloads did run ahead of the renders
+    assert len(records) == len(shard.images) and rendering == unfinished == 0
+    assert peak_rendering <= workers + cores.FETCH_AHEAD, peak_rendering
+    assert peak_unfinished <= 2 * workers + cores.FETCH_AHEAD, peak_unfinished
+    assert peak_rendering > 1  # downloads did run ahead of the renders
+    assert peak_unfinished > peak_rendering  # and images finished in the background while others rendered
 
 
 def test_local_uses_the_same_workers(corpus, tmp_path):
@@ -243,3 +259,26 @@ def test_one_malloc_arena(monkeypatch):
     assert cores.limit_malloc_arenas() is False  # whoever set it decides
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     assert cores.limit_malloc_arenas() is True  # glibc (the image, this machine)
+
+
+def test_an_upload_failing_in_the_background_fails_the_shard_and_reports_nothing_of_that_image(
+        client, corpus, tmp_path, monkeypatch):
+    """An image's last variant is uploaded in the background while its worker takes the next image; an
+    infrastructure error there fails the shard (no further image starts) and the image is never reported done."""
+    work = f"jobs/test/cores-tail/{tmp_path.name}/"
+    shard = make_shard(client, work, corpus, 2)
+    doomed = shard.images[2]
+    put = worker._put
+
+    def failing(client_, bucket, key, data, content_type):
+        if f"/{doomed.id}/big." in key:  # the last (largest) variant: the one left to the background
+            time.sleep(0.2)  # still uploading when the worker has moved on
+            raise RuntimeError("the S3 server lost this object")
+        return put(client_, bucket, key, data, content_type)
+
+    monkeypatch.setattr(worker, "_put", failing)
+    seen: list[ImageResult] = []
+    with pytest.raises(RuntimeError, match="lost this object"):
+        process_shard(client, shard, ImageLimits(), workers=2, on_result=seen.append)
+    assert doomed.key not in {record.source for record in seen}
+    assert len(seen) < len(shard.images) - 1, "no further image started once the error was seen"

@@ -54,6 +54,10 @@ from minio.error import S3Error
 from .cores import pipelined, render_workers
 from .pipeline import ImageError, render_each
 
+# An image's last variant is uploaded in the background, its worker taking the next image meanwhile, when it is at
+# most this many bytes: in the worst case the next image's peak comes on top (docs/design.md, "Memory bounds").
+BACKGROUND_UPLOAD_MAX = 16 << 20
+
 log = logging.getLogger("kresize.resizer")
 
 
@@ -299,6 +303,29 @@ def process_shard(
                 etags[output.target] = put.result()
                 outputs.append(output)
 
+        def finish() -> None:
+            try:
+                sent()
+                outputs.sort(key=lambda output: names.index(output.target))  # made smallest first
+                if failure is None and cache_bucket and identity:
+                    _write_cache_entries(client, cache_bucket, identity, hashes, output_bucket, outputs, etags)
+                seconds = time.perf_counter() - started
+                finished(ImageResult(image.key, "failed", failure, tuple(outputs), seconds) if failure
+                         else ImageResult.succeeded(image.key, outputs, seconds))
+                if failure is None:
+                    log.info("resized %s into %d variants in %.0f ms", image.key, len(outputs), seconds * 1000,
+                             extra={"image": image.key})
+            except BaseException as error:
+                if handed_off:
+                    background_errors.append(error)
+                raise
+            finally:
+                if handed_off:
+                    finishing.release()
+
+        if background_errors:  # an infrastructure error in an earlier image's uploads: no further image starts
+            raise background_errors[0]
+        handed_off = False
         try:
             while True:
                 try:
@@ -311,29 +338,33 @@ def process_shard(
                     failure = f"unexpected error while resizing: {type(error).__name__}: {error}"
                     log.warning("failed %s: %s", image.key, failure, exc_info=True, extra={"image": image.key})
                     break
-                sent()
                 if variant is None:
                     break
+                sent()
                 key = layout.output_key(shard.output_prefix, image.id, variant.target, variant.extension)
                 sending = (Variant(variant.target, key, variant.width, variant.height, variant.format,
                                    len(variant.data)),
                            uploads.submit(upload, key, variant.data, OUTPUTS[variant.format].content_type))
                 del variant  # the upload holds it until sent
+            # The last upload is waited for in the background (the worker takes the next image meanwhile) when
+            # its bytes are few: the worst-case memory of an image in flight keeps its margin.
+            if sending is not None and sending[0].bytes <= BACKGROUND_UPLOAD_MAX:
+                finishing.acquire()  # at most `workers` images finishing in the background
+                handed_off = True
+                finishers.submit(finish)
         finally:
-            sent()  # an image's uploads end with it (an infrastructure error in one propagates from here)
-        outputs.sort(key=lambda output: names.index(output.target))  # made smallest first
-        if failure is None and cache_bucket and identity:
-            _write_cache_entries(client, cache_bucket, identity, hashes, output_bucket, outputs, etags)
-        seconds = time.perf_counter() - started
-        finished(ImageResult(image.key, "failed", failure, tuple(outputs), seconds) if failure
-                 else ImageResult.succeeded(image.key, outputs, seconds))
-        if failure is None:
-            log.info("resized %s into %d variants in %.0f ms", image.key, len(outputs), seconds * 1000,
-                     extra={"image": image.key})
+            if not handed_off:
+                finish()  # an image's uploads end with it (an infrastructure error in one propagates from here)
 
     workers = workers or render_workers()
-    with ThreadPoolExecutor(workers, thread_name_prefix="upload") as uploads:
-        pipelined(images, fetch, render, workers, stop=stop)
+    # Images finishing in the background (their last upload, cache entry and record), and what failed there.
+    finishing = threading.BoundedSemaphore(workers)
+    background_errors: list[BaseException] = []
+    with ThreadPoolExecutor(workers, thread_name_prefix="upload") as uploads, \
+            ThreadPoolExecutor(workers, thread_name_prefix="finish") as finishers:
+        pipelined(images, fetch, render, workers, stop=stop)  # the executors then wait for every image to finish
+    if background_errors:
+        raise background_errors[0]
     made = {record.source: record for record in records}
     return [done.get(image.key) or made[image.key] for image in shard.images
             if image.key in done or image.key in made]
