@@ -40,7 +40,7 @@ def test_pods_are_locked_down():
     (container,) = pod["containers"]
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
-    assert container["resources"]["limits"]["memory"] == "1Gi"
+    assert container["resources"]["limits"]["memory"] == "2Gi"  # the default: two worst-case images at once
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
 
 
