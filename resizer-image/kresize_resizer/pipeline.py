@@ -642,11 +642,13 @@ def decode(data: bytes, targets: Sequence[Target], limits: ImageLimits) -> Decod
             problem = None
     if problem:
         raise ImageError(problem)
+    stored_png: io.BytesIO | None = None
     if source_format == "PNG":
         checked = _check_png(data)
         if checked is not data:  # the same PNG with its image data stored: open that one to decode
-            image = Image.open(io.BytesIO(checked))
+            stored_png = io.BytesIO(checked)
             del checked
+            image = Image.open(stored_png)
     elif source_format == "TIFF":
         _check_tiff(data, image)
     try:
@@ -659,6 +661,9 @@ def decode(data: bytes, targets: Sequence[Target], limits: ImageLimits) -> Decod
         raise ImageError(f"image is corrupt: {message}") from None
     except MemoryError:
         raise ImageError("image needs more memory than this pod has") from None
+    finally:
+        if stored_png is not None:
+            stored_png.close()  # frees the stored copy now, not when the decoded image goes (it keeps the file)
     if orientation is None:
         orientation = _orientation(image)
     mode = image.mode
