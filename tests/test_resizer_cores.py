@@ -261,17 +261,19 @@ def test_one_malloc_arena(monkeypatch):
     assert cores.limit_malloc_arenas() is True  # glibc (the image, this machine)
 
 
-def test_an_upload_failing_in_the_background_fails_the_shard_and_reports_nothing_of_that_image(
-        client, corpus, tmp_path, monkeypatch):
-    """An image's last variant is uploaded in the background while its worker takes the next image; an
-    infrastructure error there fails the shard (no further image starts) and the image is never reported done."""
+@pytest.mark.parametrize("variant", ["small", "big"])
+def test_a_failing_upload_fails_the_shard_and_reports_nothing_of_that_image(client, corpus, tmp_path, monkeypatch,
+                                                                            variant):
+    """An infrastructure error uploading any variant fails the shard (no further image starts) and the image is
+    never reported done: the first (small) variant's, seen by the worker as it hands out the next, and the last
+    (big) one's, uploaded in the background while the worker takes the next image."""
     work = f"jobs/test/cores-tail/{tmp_path.name}/"
     shard = make_shard(client, work, corpus, 2)
     doomed = shard.images[2]
     put = worker._put
 
     def failing(client_, bucket, key, data, content_type):
-        if f"/{doomed.id}/big." in key:  # the last (largest) variant: the one left to the background
+        if f"/{doomed.id}/{variant}." in key:
             time.sleep(0.2)  # still uploading when the worker has moved on
             raise RuntimeError("the S3 server lost this object")
         return put(client_, bucket, key, data, content_type)

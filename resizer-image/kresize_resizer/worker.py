@@ -303,7 +303,8 @@ def process_shard(
                 etags[output.target] = put.result()
                 outputs.append(output)
 
-        def finish() -> None:
+        def finish(background: bool) -> None:
+            """The image's last upload, its cache entry and its record."""
             try:
                 sent()
                 outputs.sort(key=lambda output: names.index(output.target))  # made smallest first
@@ -316,16 +317,15 @@ def process_shard(
                     log.info("resized %s into %d variants in %.0f ms", image.key, len(outputs), seconds * 1000,
                              extra={"image": image.key})
             except BaseException as error:
-                if handed_off:
+                if background:
                     background_errors.append(error)
                 raise
             finally:
-                if handed_off:
+                if background:
                     finishing.release()
 
         if background_errors:  # an infrastructure error in an earlier image's uploads: no further image starts
             raise background_errors[0]
-        handed_off = False
         try:
             while True:
                 try:
@@ -346,15 +346,16 @@ def process_shard(
                                    len(variant.data)),
                            uploads.submit(upload, key, variant.data, OUTPUTS[variant.format].content_type))
                 del variant  # the upload holds it until sent
-            # The last upload is waited for in the background (the worker takes the next image meanwhile) when
-            # its bytes are few: the worst-case memory of an image in flight keeps its margin.
-            if sending is not None and sending[0].bytes <= BACKGROUND_UPLOAD_MAX:
-                finishing.acquire()  # at most `workers` images finishing in the background
-                handed_off = True
-                finishers.submit(finish)
-        finally:
-            if not handed_off:
-                finish()  # an image's uploads end with it (an infrastructure error in one propagates from here)
+        except BaseException:
+            sent()  # an infrastructure error: the upload under way ends first (an error in it propagates instead)
+            raise
+        # The last upload is waited for in the background (the worker takes the next image meanwhile) when its
+        # bytes are few: the worst-case memory of an image in flight keeps its margin.
+        if sending is not None and sending[0].bytes <= BACKGROUND_UPLOAD_MAX:
+            finishing.acquire()  # at most `workers` images finishing in the background
+            finishers.submit(finish, True)
+        else:
+            finish(False)  # an infrastructure error in its uploads propagates from here
 
     workers = workers or render_workers()
     # Images finishing in the background (their last upload, cache entry and record), and what failed there.
