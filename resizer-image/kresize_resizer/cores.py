@@ -28,7 +28,7 @@ CGROUP = Path("/sys/fs/cgroup")
 # flight holds its encoded bytes (up to max_bytes).
 FETCH_AHEAD = 1
 # What one image may take at worst under the default image limits, the interpreter included (docs/design.md,
-# "Memory bounds": ~880 MiB; tests/test_resizer_limits.py measures it): the chart's 1 GiB pod holds one worker.
+# "Memory bounds": ~880 MiB; tests/test_resizer_limits.py measures it): the chart's 2 GiB pod holds two workers.
 WORST_IMAGE_BYTES = 1024**3
 
 

@@ -91,7 +91,8 @@ Variants are made and handed out one at a time, smallest first, so the source is
 is sharpened and encoded (a kept image is freed at its own turn, so it never coexists with a larger variant's
 operations); the total output pixels (KRESIZE_MAX_TOTAL_OUTPUT_PIXELS) bound time and output bytes
 more than the peak. With the defaults the largest term is a 50 MP variant made while the source is still needed,
-then sharpened: 4 * 50 + 12 * 50 MP = 800 MB, with R and B_next ~880 MiB, under the chart's 1 GiB.
+then sharpened: 4 * 50 + 12 * 50 MP = 800 MB, with R and B_next ~880 MiB, under the 1 GiB a render worker
+is given (the chart's pod: 2 GiB for two).
 tests/test_resizer_limits.py measures `kresize-resizer local` (no B_next): 789 MiB for a 50 MP rotated RGBA PNG
 with an ICC profile into two sharpened 50 MP JPEGs, 608 MiB for it into 12.5 MP AVIF and WebP-with-alpha
 variants. Without the format shares a 50 MP WebP input or a 25 MP AVIF variant would take about 1 GiB on its own
