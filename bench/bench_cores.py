@@ -59,20 +59,28 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_pod(server, work: str, cpus: int) -> tuple[float, float]:
-    """Seconds of one `kresize-resizer run` of index 0 with `cpus` CPUs: the whole process, and its shard
-    (from its "rendering N images at once" line to its "done" line: no interpreter startup)."""
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
-           "JOB_COMPLETION_INDEX": "0", "KRESIZE_WORK_PREFIX": work, "KRESIZE_S3_ENDPOINT": server.endpoint,
-           "KRESIZE_S3_ACCESS_KEY": server.access_key, "KRESIZE_S3_SECRET_KEY": server.secret_key,
-           "KRESIZE_S3_BUCKET": BUCKET, "KRESIZE_LOG_FORMAT": "text"}  # asctime first
+def run_resizer(args: list[str], cpus: int, env: dict[str, str] | None = None
+                ) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """`kresize-resizer ARGS` in a fresh process pinned to `cpus` CPUs (it sizes its workers from them):
+    its wall-clock seconds and what it printed; exits the bench when it fails."""
     available = sorted(os.sched_getaffinity(0))
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.environ.get("PYTHONPATH", ""), **(env or {})}
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "kresize_resizer", "run"], env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "kresize_resizer", *args], env=env, capture_output=True,
                             text=True, preexec_fn=lambda: os.sched_setaffinity(0, available[:cpus]), timeout=600)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
-        sys.exit(f"the pod failed ({result.returncode}):\n{result.stderr[-2000:]}")
+        sys.exit(f"kresize-resizer {args[0]} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    return seconds, result
+
+
+def run_pod(server, work: str, cpus: int) -> tuple[float, float]:
+    """Seconds of one `kresize-resizer run` of index 0 with `cpus` CPUs: the whole process, and its shard
+    (from its "rendering N images at once" line to its "done" line: no interpreter startup)."""
+    seconds, result = run_resizer(["run"], cpus, {
+        "JOB_COMPLETION_INDEX": "0", "KRESIZE_WORK_PREFIX": work, "KRESIZE_S3_ENDPOINT": server.endpoint,
+        "KRESIZE_S3_ACCESS_KEY": server.access_key, "KRESIZE_S3_SECRET_KEY": server.secret_key,
+        "KRESIZE_S3_BUCKET": BUCKET, "KRESIZE_LOG_FORMAT": "text"})  # asctime first
     if f"rendering {cpus} images at once" not in result.stderr:
         sys.exit(f"the pod did not size itself to {cpus} workers:\n{result.stderr[-2000:]}")
     lines = result.stderr.splitlines()
@@ -84,17 +92,8 @@ def run_pod(server, work: str, cpus: int) -> tuple[float, float]:
 def run_local(folder: Path, spec: Path, cpus: int) -> float:
     """Seconds of one `kresize-resizer local` over `folder` with `cpus` CPUs: the same render workers with no S3
     server competing for the CPUs, so the pipeline's own scaling."""
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    available = sorted(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as out:
-        started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "kresize_resizer", "local", "--spec", str(spec), "--input",
-                                 str(folder), "--output", out], env=env, capture_output=True, text=True,
-                                preexec_fn=lambda: os.sched_setaffinity(0, available[:cpus]), timeout=600)
-        seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        sys.exit(f"kresize-resizer local failed ({result.returncode}):\n{result.stderr[-2000:]}")
-    return seconds
+        return run_resizer(["local", "--spec", str(spec), "--input", str(folder), "--output", out], cpus)[0]
 
 
 def main() -> None:
