@@ -608,12 +608,18 @@ class Decoded:
 
     def resample(self, wanted: Sampling) -> Image.Image:
         """`wanted` resampled from the source, upright (a new image unless `wanted` is the source as it is)."""
-        stored = self.image.size
-        box = _stored_box(wanted.within(self.held), _upright(stored, self.orientation), self.orientation)
+        box = _stored_box(wanted.within(self.held), self.held.size, self.orientation)  # held.size: upright
         image = _resample(self.image, _upright(wanted.size, self.orientation), box)
         if self.orientation in _TRANSPOSE:
             image = image.transpose(_TRANSPOSE[self.orientation])
         return image
+
+
+def _holding(image: Image.Image, scale: float, stored: tuple[int, int], orientation: int) -> Sampling:
+    """What a decoded image (`scale` original pixels per pixel, as stored: `stored` is the original's size)
+    holds of the upright original: a bit past its edge when shrunk by a factor that does not divide it."""
+    return Sampling(_upright_box((0.0, 0.0, image.width * scale, image.height * scale), stored, orientation),
+                    _upright(image.size, orientation))
 
 
 def decode(data: bytes, targets: Sequence[Target], limits: ImageLimits) -> Decoded:
@@ -683,14 +689,12 @@ def decode(data: bytes, targets: Sequence[Target], limits: ImageLimits) -> Decod
             # Pillow resizes and reduces RGBA and LA premultiplied, converting the whole input on every call:
             # convert once instead (and before the reduce below, which must average premultiplied values).
             image = image.convert(_PREMULTIPLIED[image.mode])
-        held = Sampling(_upright_box((0.0, 0.0, image.width * scale, image.height * scale), stored, orientation),
-                        _upright(image.size, orientation))
-        factor = _shrink_factor(held, [sampling(*size, target) for target in targets])
+        factor = _shrink_factor(_holding(image, scale, stored, orientation),
+                                [sampling(*size, target) for target in targets])
         if factor > 1:
             image = image.reduce(factor)
             scale *= factor
-            held = Sampling(_upright_box((0.0, 0.0, image.width * scale, image.height * scale), stored,
-                                         orientation), _upright(image.size, orientation))
+        held = _holding(image, scale, stored, orientation)
         if isinstance(image, ImageFile.ImageFile) and source_format in ("WEBP", "AVIF"):
             # Still the opened file, whose decoder holds canvases of the whole image: keep only the pixels.
             image = image.copy()
