@@ -65,9 +65,10 @@ def run_local(spec: dict[str, Any], input_dir: Path, output_dir: Path, limits: I
     output_dir.mkdir(parents=True, exist_ok=True)
     made: dict[str, ImageResult] = {}
     lock = threading.Lock()
-    paths: list[Path] = []
     files = input_files(input_dir)
-    owners: dict[str, str] = {}  # decided before any image is made, so it does not depend on which finishes first
+    # The output folder of each input it owns: decided before any image is made, so it does not depend on which
+    # finishes first.
+    owners: dict[str, Path] = {}
     for path in files:
         stem = safe_stem(path.name)
         if stem is None:
@@ -75,25 +76,25 @@ def run_local(spec: dict[str, Any], input_dir: Path, output_dir: Path, limits: I
         elif stem in owners:  # a.jpg and a.png would write the same outputs: the first one wins
             made[path.name] = ImageResult.failed(path.name, f"another input already produced outputs for {stem!r}")
         else:
-            owners[stem] = path.name
-            paths.append(path)
+            owners[stem] = path
 
     def finished(result: ImageResult) -> None:
         with lock:
             made[result.source] = result
 
-    def read(path: Path) -> bytes | OSError:
+    def read(owned: tuple[str, Path]) -> bytes | OSError:
+        path = owned[1]
         try:
             with path.open("rb") as file:
                 return file.read(limits.max_bytes + 1)  # enough to tell a file over the limit, never more
         except OSError as error:
             return error
 
-    def render(path: Path, data: bytes | OSError) -> None:
+    def render(owned: tuple[str, Path], data: bytes | OSError) -> None:
+        stem, path = owned  # the stem safe_stem checked names the output folder
         if isinstance(data, OSError):
             finished(ImageResult.failed(path.name, f"cannot read the file: {data.strerror or data}"))
             return
-        stem = path.stem
         outputs: list[Variant] = []
         failure: str | None = None
         variants = render_each(data, targets, operations, limits)
@@ -124,7 +125,7 @@ def run_local(spec: dict[str, Any], input_dir: Path, output_dir: Path, limits: I
         else:
             log.info("resized %s into %d variants", path.name, len(outputs))
 
-    pipelined(paths, read, render, workers or render_workers())
+    pipelined(list(owners.items()), read, render, workers or render_workers())
     records = [made[path.name] for path in files]
     (output_dir / "results.json").write_text(json.dumps(results_to_json(records), indent=2) + "\n")
     return records
