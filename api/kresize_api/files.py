@@ -194,11 +194,11 @@ class FileReader:
         filename = self._filenames(job).get(source)
         terminal = status.get("phase") in TERMINAL
         records = self._finished(work, shard, settled=terminal)
-        if records is None and shard in counted:  # counted a moment ago: its results may be new
-            records = self._finished(work, shard, settled=True)
         if records is None and shard in counted:
-            return _item(index, filename, source, "failed",
-                         f"shard {shard} failed after its retries; see the logs of Job {status.get('jobName')}")
+            records = self._finished(work, shard, settled=True)  # counted a moment ago: its results may be new
+            if records is None:
+                return _item(index, filename, source, "failed",
+                             f"shard {shard} failed after its retries; see the logs of Job {status.get('jobName')}")
         if records is None:
             running = self._running_shard(work, shard, settled=terminal)
             record = running.records.get(source)

@@ -60,8 +60,6 @@ def parse_timestamp(text: str | None) -> datetime.datetime | None:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
-
-
 def final_phase(succeeded: int, failed: int, total: int) -> str:
     """Phase of a finished run: Succeeded, PartiallyFailed or Failed (nothing succeeded)."""
     if succeeded == total and failed == 0:
